@@ -1,0 +1,1 @@
+"""notifier: Jupyter notebooks as scheduled email reports and alerts."""
