@@ -1,0 +1,39 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import sys
+
+from notifier.config import Settings, load_settings
+
+_outbox_notice_shown = False
+
+
+def settings_from_env() -> Settings:
+    """Settings from the environment and ./.env (ConfigError propagates to the CLI)."""
+    return load_settings()
+
+
+def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:
+    """Say once per process that mail goes to the outbox and where to open it."""
+    global _outbox_notice_shown
+    if _outbox_notice_shown or not (dry_run or settings.uses_outbox):
+        return
+    _outbox_notice_shown = True
+    reason = "--dry-run" if dry_run else "no SMTP_HOST is set"
+    print(
+        f"note: {reason}: mail goes to the local outbox {settings.outbox_dir.resolve()} "
+        f"(open {settings.outbox_dir / 'index.html'} in a browser). "
+        "Set SMTP_* in .env to send for real; `notifier doctor` checks them.",
+        file=sys.stderr,
+    )
+
+
+def print_results(results: list) -> bool:
+    """Print per-recipient results; True when every message fully succeeded."""
+    ok = True
+    for result in results:
+        for line in result.summary_lines():
+            print(line)
+        ok = ok and result.ok
+    return ok

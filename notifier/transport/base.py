@@ -1,0 +1,104 @@
+"""The one small interface every transport implements, and its result types.
+
+Like Django's mail backends: a message knows nothing of how it is sent. A
+transport takes fully composed messages and returns, per message, what
+happened to each recipient. Delivery problems are results, not exceptions, so
+a partial refusal is reported and never swallowed.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from functools import cached_property
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A composed message plus its SMTP envelope (Bcc lives only here, never in headers)."""
+
+    message: EmailMessage
+    sender: str
+    recipients: tuple[str, ...]
+
+    @cached_property
+    def data(self) -> bytes:
+        """The message as sent on the wire: CRLF line endings, lines folded for SMTP."""
+        return self.message.as_bytes(policy=email.policy.SMTP)
+
+    @property
+    def size(self) -> int:
+        """Encoded size in bytes."""
+        return len(self.data)
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.get("Message-ID", ""))
+
+    @property
+    def subject(self) -> str:
+        return str(self.message.get("Subject", ""))
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What the server said about one envelope recipient."""
+
+    address: str
+    accepted: bool
+    code: int | None = None
+    reply: str = ""
+
+
+@dataclass
+class SendResult:
+    """The outcome of one message: per-recipient results, or an error for the whole message."""
+
+    message_id: str
+    subject: str
+    transport: str
+    recipients: list[RecipientResult] = field(default_factory=list)
+    error: str | None = None
+    location: str | None = None  # where the outbox put it
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        """True when every recipient was accepted and nothing failed."""
+        return self.error is None and all(r.accepted for r in self.recipients)
+
+    @property
+    def accepted(self) -> list[str]:
+        return [r.address for r in self.recipients if r.accepted]
+
+    @property
+    def refused(self) -> list[RecipientResult]:
+        return [r for r in self.recipients if not r.accepted]
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines, one per recipient, for the CLI."""
+        lines = [f"{self.subject!r} {self.message_id} via {self.transport}"]
+        if self.location:
+            lines.append(f"  saved: {self.location}")
+        for r in self.recipients:
+            state = "accepted" if r.accepted else "REFUSED"
+            reply = " ".join(str(x) for x in (r.code, r.reply) if x)
+            detail = f" ({reply})" if reply else ""
+            lines.append(f"  {state}: {r.address}{detail}")
+        if self.error:
+            lines.append(f"  FAILED: {self.error}")
+        return lines
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Delivers composed messages. Implementations: smtp, outbox, memory."""
+
+    name: str
+
+    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
+        """Deliver ``messages`` (over one connection where that applies), one result each."""
+        ...

@@ -1,0 +1,32 @@
+"""In-memory transport for tests: the real MIME is built, nothing leaves the process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from notifier.transport.base import Outgoing, RecipientResult, SendResult
+
+
+class MemoryTransport:
+    """Keeps every message in ``self.sent`` (like Django's locmem backend)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
+        results = []
+        for out in messages:
+            self.sent.append(out)
+            results.append(
+                SendResult(
+                    message_id=out.message_id,
+                    subject=out.subject,
+                    transport=self.name,
+                    recipients=[
+                        RecipientResult(a, True, 250, "kept in memory") for a in out.recipients
+                    ],
+                )
+            )
+        return results
