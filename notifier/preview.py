@@ -13,6 +13,10 @@ import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 
+_PLACEHOLDER = (
+    "data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' width='240' height='40'>"
+    "<text x='8' y='24' font-size='13'>image not shown in preview</text></svg>"
+)
 _CID = re.compile(r"""(["'(])cid:([^"')\s]+)""")
 
 
@@ -59,23 +63,35 @@ def attachments(message: EmailMessage) -> list[tuple[str, str, bytes]]:
     ]
 
 
-def html_with_data_uris(body: str, images: dict[str, tuple[str, bytes]]) -> str:
-    """Replace ``cid:`` references by data URIs so a browser can show the images."""
+def html_with_data_uris(
+    body: str, images: dict[str, tuple[str, bytes]], budget: int | None = None
+) -> str:
+    """Replace ``cid:`` references by data URIs so a browser can show the images.
+
+    With ``budget`` (bytes), images past it are replaced by a tiny placeholder.
+    """
+    spent = 0
 
     def substitute(match: re.Match[str]) -> str:
+        nonlocal spent
         cid = match.group(2)
         if cid not in images:
             return match.group(0)
         mime, data = images[cid]
+        spent += len(data)
+        if budget is not None and spent > budget:
+            return f"{match.group(1)}{_PLACEHOLDER}"
         return f"{match.group(1)}data:{mime};base64,{base64.b64encode(data).decode()}"
 
     return _CID.sub(substitute, body)
 
 
-def _header_rows(message: EmailMessage, bcc: Sequence[str]) -> str:
+def _header_rows(
+    message: EmailMessage, bcc: Sequence[str], overrides: dict[str, str] | None = None
+) -> str:
     rows = []
     for name in ("From", "To", "Cc", "Reply-To", "Subject", "Date"):
-        value = message.get(name)
+        value = (overrides or {}).get(name) or message.get(name)
         if value:
             rows.append((name, str(value)))
     if bcc:
@@ -88,12 +104,20 @@ def _header_rows(message: EmailMessage, bcc: Sequence[str]) -> str:
 
 
 def render_preview(
-    message: EmailMessage, bcc: Sequence[str] = (), *, standalone: bool = True
+    message: EmailMessage,
+    bcc: Sequence[str] = (),
+    *,
+    standalone: bool = True,
+    overrides: dict[str, str] | None = None,
+    image_budget: int | None = None,
 ) -> str:
-    """The message as HTML: headers, body (HTML or text), attachments with sizes."""
+    """The message as HTML: headers, body (HTML or text), attachments with sizes.
+
+    ``overrides`` replaces shown header values; ``image_budget`` bounds embedded image bytes.
+    """
     html_body, text_body = body_parts(message)
     if html_body is not None:
-        body = html_with_data_uris(html_body, inline_images(message))
+        body = html_with_data_uris(html_body, inline_images(message), image_budget)
         # Keep only the body's content when the part is a whole HTML document.
         match = re.search(r"<body[^>]*>(.*)</body>", body, re.S | re.I)
         body = match.group(1) if match else body
@@ -113,7 +137,7 @@ def render_preview(
         '<div class="notifier-email" style="border:1px solid #ccc;border-radius:6px;'
         'max-width:900px;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;font-size:14px">'
         '<table style="background:#f6f8fa;width:100%;border-bottom:1px solid #ccc;padding:8px 12px;'
-        f'border-collapse:separate">{_header_rows(message, bcc)}</table>'
+        f'border-collapse:separate">{_header_rows(message, bcc, overrides)}</table>'
         f'<div style="padding:12px">{body}{files_html}</div></div>'
     )
     if not standalone:

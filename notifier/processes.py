@@ -1,0 +1,37 @@
+"""Stopping a process and everything it started (the kernel and its children)."""
+
+from __future__ import annotations
+
+import signal
+
+import psutil
+
+
+def kill_tree(pid: int, *, grace: float = 3.0) -> list[int]:
+    """SIGTERM then SIGKILL ``pid`` and all its descendants; return the pids that were killed.
+
+    Descendants are listed before anything is signalled, so children re-parented to
+    init when their parent dies are still found.
+    """
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    tree = [root]
+    try:
+        tree += root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    for proc in tree:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [proc.pid for proc in tree]

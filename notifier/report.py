@@ -1,0 +1,334 @@
+"""The API notebook code calls to declare the emails a run sends.
+
+In JupyterLab an email shows a faithful preview (headers, HTML body with its
+charts, attachments with sizes) and ``send_test`` mails a copy now. Under
+``notifier run`` the same calls leave a display bundle of MIME type
+:data:`EMAIL_MIME` in the executed notebook; the runner reads it back from the
+output notebook, so the archive records exactly what was sent. Binary parts are
+written beside the output notebook (``NOTIFIER_PARTS_DIR``), never inlined.
+
+Example::
+
+    from notifier import report
+    email = report.email(subject=f"Sales {run_date}")
+    email.markdown("**Revenue** is up 4 %")
+    email.table(df.head(10), caption="Top products")
+    email.chart(fig)
+    email.attach(df, "sales.csv")
+    report.skip("no new rows since yesterday")   # nothing is sent; the run is 'skipped'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as html_lib
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from notifier.message import Email, InlineImage, new_cid
+from notifier.parts import Part, attachment_part, image_part
+from notifier.tables import dataframe_html
+
+EMAIL_MIME = "application/vnd.notifier.email+json"
+SKIP_MIME = "application/vnd.notifier.skip+json"
+PARTS_DIR_ENV = "NOTIFIER_PARTS_DIR"
+RUN_ID_ENV = "NOTIFIER_RUN_ID"
+FORMAT_VERSION = 1
+# Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
+PREVIEW_IMAGE_BUDGET = 4 * 1024 * 1024
+
+__all__ = ["EMAIL_MIME", "SKIP_MIME", "ReportEmail", "Skipped", "email", "skip", "in_scheduled_run"]
+
+
+class Skipped(Exception):  # noqa: N818 - reads as report.Skipped in notebooks
+    """Raised by :func:`skip` to stop the notebook; the run is recorded as skipped."""
+
+
+def in_scheduled_run() -> bool:
+    """True when the notebook runs under ``notifier run`` / the scheduler."""
+    return bool(os.environ.get(RUN_ID_ENV))
+
+
+def _as_list(value: Iterable[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class ReportEmail:
+    """An email being built in a notebook. Create it with :func:`email`."""
+
+    def __init__(
+        self,
+        subject: str = "",
+        *,
+        to: Iterable[str] | str | None = None,
+        cc: Iterable[str] | str | None = None,
+        bcc: Iterable[str] | str | None = None,
+        reply_to: Iterable[str] | str | None = None,
+        sender: str | None = None,
+    ) -> None:
+        self.email_id = uuid.uuid4().hex
+        self.subject = subject
+        self.to = _as_list(to)
+        self.cc = _as_list(cc)
+        self.bcc = _as_list(bcc)
+        self.reply_to = _as_list(reply_to)
+        self.sender = sender
+        self._blocks: list[str] = []
+        self._images: list[InlineImage] = []
+        self._attachments: list[Part] = []
+        self._revision = 0
+        self._display: Any = None
+
+    # -- content ---------------------------------------------------------------------------
+    def markdown(self, text: str) -> None:
+        """Append Markdown (rendered to HTML: bold, lists, links, tables)."""
+        import mistune
+
+        self.html(mistune.html(text))
+
+    def text(self, text: str) -> None:
+        """Append plain text as a paragraph (escaped; line breaks kept)."""
+        escaped = html_lib.escape(text).replace("\n", "<br>")
+        self.html(f"<p>{escaped}</p>")
+
+    def heading(self, text: str, level: int = 2) -> None:
+        """Append a heading (level 1-4)."""
+        level = min(max(level, 1), 4)
+        self.html(f"<h{level}>{html_lib.escape(text)}</h{level}>")
+
+    def html(self, markup: str) -> None:
+        """Append raw HTML. Use inline styles: mail clients drop ``<style>`` blocks."""
+        self._blocks.append(markup)
+        self._changed()
+
+    def table(
+        self,
+        frame: Any,
+        caption: str | None = None,
+        *,
+        max_rows: int = 200,
+        index: bool | None = None,
+        float_format: str = ",.2f",
+    ) -> None:
+        """Append a pandas DataFrame (or Series) as an inline-styled HTML table."""
+        markup = dataframe_html(
+            frame, caption, max_rows=max_rows, index=index, float_format=float_format
+        )
+        self.html(markup)
+
+    def chart(
+        self,
+        figure: Any,
+        *,
+        attach: bool = False,
+        filename: str | None = None,
+        alt: str | None = None,
+        width: int | None = None,
+    ) -> None:
+        """Append a matplotlib figure (or image bytes / file) as an inline image.
+
+        ``attach=True`` also attaches it as a file (``filename``, default chart-N.png).
+        """
+        name = filename or f"chart-{len(self._images) + 1}.png"
+        part = image_part(figure, name)
+        cid = new_cid()
+        self._images.append(InlineImage(cid, part))
+        size = f"width:{width}px;" if width else ""
+        description = html_lib.escape(alt or Path(part.filename).stem, quote=True)
+        self._blocks.append(
+            f'<p><img src="cid:{cid}" alt="{description}" style="{size}max-width:100%;height:auto"></p>'
+        )
+        if attach:
+            self._attachments.append(part)
+        self._changed()
+
+    image = chart
+
+    def attach(
+        self, source: Any, filename: str | None = None, *, mime_type: str | None = None
+    ) -> None:
+        """Attach a file path, bytes (with ``filename``), a figure, or a DataFrame.
+
+        A DataFrame is written as CSV, XLSX or JSON according to ``filename``.
+        """
+        self._attachments.append(attachment_part(source, filename, mime_type))
+        self._changed()
+
+    # -- what is sent ----------------------------------------------------------------------
+    @property
+    def body_html(self) -> str:
+        return "\n".join(self._blocks)
+
+    def to_email(self) -> Email:
+        """The plain :class:`~notifier.message.Email` this report describes."""
+        return Email(
+            subject=self.subject,
+            to=list(self.to),
+            cc=list(self.cc),
+            bcc=list(self.bcc),
+            reply_to=list(self.reply_to),
+            sender=self.sender,
+            html=self.body_html if self._blocks else None,
+            text=None if self._blocks else "",
+            images=list(self._images),
+            attachments=list(self._attachments),
+        )
+
+    def send_test(self, address: str | Iterable[str]) -> list[Any]:
+        """Send this email now to ``address`` only, with the ``.env`` settings.
+
+        Without SMTP settings it goes to the outbox. During scheduled runs this does
+        nothing: the runner sends the real email.
+        """
+        if in_scheduled_run():
+            print("send_test() does nothing during scheduled runs; the runner sends the email.")
+            return []
+        from notifier.interactive import send_test_copy
+
+        return send_test_copy(self.to_email(), _as_list(address))
+
+    def preview_html(self) -> str:
+        """The HTML preview shown in Jupyter (headers, body, attachments)."""
+        from notifier.interactive import preview
+
+        return preview(self.to_email(), budget=PREVIEW_IMAGE_BUDGET)
+
+    # -- the bundle the runner reads -------------------------------------------------------
+    def to_bundle(self) -> dict[str, Any]:
+        """JSON-able description of the email; binary parts go to NOTIFIER_PARTS_DIR."""
+        parts_dir = os.environ.get(PARTS_DIR_ENV)
+        return {
+            "version": FORMAT_VERSION,
+            "email_id": self.email_id,
+            "revision": self._revision,
+            "subject": self.subject,
+            "to": self.to,
+            "cc": self.cc,
+            "bcc": self.bcc,
+            "reply_to": self.reply_to,
+            "sender": self.sender,
+            "html": self.body_html if self._blocks else None,
+            "images": [dict(_part_entry(i.part, parts_dir), cid=i.cid) for i in self._images],
+            "attachments": [_part_entry(p, parts_dir) for p in self._attachments],
+        }
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        try:
+            preview_markup = self.preview_html()
+        except Exception as error:  # an invalid address must not hide the content
+            preview_markup = (
+                f'<div style="color:#b00">This email cannot be sent as it is: '
+                f"{html_lib.escape(str(error))}</div>"
+            )
+        return {
+            "text/plain": self._summary(),
+            "text/html": preview_markup,
+            EMAIL_MIME: self.to_bundle(),
+        }
+
+    def __repr__(self) -> str:
+        return self._summary()
+
+    def _summary(self) -> str:
+        recipients = ", ".join(self.to + self.cc) or "(the job's recipients)"
+        return (
+            f"<ReportEmail {self.subject!r} to {recipients}: {len(self._blocks)} blocks, "
+            f"{len(self._images)} images, {len(self._attachments)} attachments>"
+        )
+
+    def _changed(self) -> None:
+        """Bump the revision and refresh this email's output in the notebook."""
+        self._revision += 1
+        _publish(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in {"subject", "to", "cc", "bcc", "reply_to", "sender"} and "_revision" in vars(
+            self
+        ):
+            self._changed()
+
+
+def _part_entry(part: Part, parts_dir: str | None) -> dict[str, Any]:
+    digest = hashlib.sha256(part.data).hexdigest()
+    entry: dict[str, Any] = {
+        "filename": part.filename,
+        "mime_type": part.mime_type,
+        "size": len(part.data),
+        "sha256": digest,
+    }
+    if parts_dir:
+        suffix = Path(part.filename).suffix
+        stored = Path(parts_dir) / f"{digest}{suffix}"
+        if not stored.exists():
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_name(stored.name + ".tmp")
+            tmp.write_bytes(part.data)
+            os.replace(tmp, stored)
+        entry["file"] = stored.name
+    return entry
+
+
+def _publish(mail: ReportEmail) -> None:
+    """Show the email (first change) or update its output in place (later changes)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python: nothing to show
+        return
+    if get_ipython() is None:
+        return
+    if mail._display is None:
+        object.__setattr__(mail, "_display", display(mail, display_id=True))
+    else:
+        mail._display.update(mail)
+
+
+def email(
+    subject: str = "",
+    *,
+    to: Iterable[str] | str | None = None,
+    cc: Iterable[str] | str | None = None,
+    bcc: Iterable[str] | str | None = None,
+    reply_to: Iterable[str] | str | None = None,
+    sender: str | None = None,
+) -> None:
+    """Start an email. Without ``to``/``cc``/``bcc`` it goes to the job's recipients.
+
+    A notebook may create several (for example one per regional manager).
+    """
+    mail = ReportEmail(subject, to=to, cc=cc, bcc=bcc, reply_to=reply_to, sender=sender)
+    mail._changed()
+    return mail
+
+
+def skip(reason: str) -> None:
+    """Stop the notebook here: nothing is sent and the run is recorded as skipped."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display({SKIP_MIME: {"reason": reason}, "text/plain": f"Skipped: {reason}"}, raw=True)
+    except ImportError:
+        pass
+    raise Skipped(reason)
+
+
+def decode_part(entry: dict[str, Any], parts_dir: Path | None) -> bytes:
+    """The bytes of a stored part, checked against its sha256 (runner side)."""
+    if "data" in entry:
+        data = base64.b64decode(entry["data"])
+    elif entry.get("file") and parts_dir is not None:
+        data = (parts_dir / entry["file"]).read_bytes()
+    else:
+        raise FileNotFoundError(f"the bytes of {entry.get('filename')!r} were not stored")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ValueError(f"{entry.get('filename')!r} changed after the run (sha256 mismatch)")
+    return data

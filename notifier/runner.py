@@ -1,0 +1,442 @@
+"""One headless run of a notebook: execute, archive, collect the emails, deliver them.
+
+The notebook runs in a worker process (``notifier.worker``) started without SMTP
+credentials and killed with its whole process tree at the wall-clock timeout.
+The runner keeps the credentials and does the sending.
+
+Layout of a run folder: ``runs/<job>/<YYYYmmddTHHMMSS>-<run id>/`` with
+``output.ipynb``, ``output.html``, ``parts/`` (charts and attachments the emails
+reference), ``worker.log`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from notifier.config import Settings, kernel_environment
+from notifier.errors import MessageError, RunError
+from notifier.message import Email, compose
+from notifier.notebook_params import check_parameters
+from notifier.parts import Part
+from notifier.processes import kill_tree
+from notifier.report import PARTS_DIR_ENV, RUN_ID_ENV
+from notifier.transport import Outgoing, SendResult, Transport
+
+log = logging.getLogger("notifier.runner")
+
+DEFAULT_TIMEOUT = 600.0
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class RunRequest:
+    """What to run and for whom. Recipients are the defaults for emails that name none."""
+
+    notebook: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    job_name: str | None = None
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    on_failure: list[str] | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    cell_timeout: float | None = None
+    scheduled_for: datetime | None = None
+    run_id: str | None = None
+    kernel_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job_name or Path(self.notebook).stem
+
+    @property
+    def failure_recipients(self) -> list[str]:
+        return list(self.on_failure) if self.on_failure is not None else [*self.to, *self.cc]
+
+
+@dataclass
+class Execution:
+    """The result of executing a notebook (before delivery)."""
+
+    request: RunRequest
+    run_id: str
+    run_dir: Path
+    status: str  # succeeded | skipped | failed
+    emails: list[Email] = field(default_factory=list)
+    skip_reason: str | None = None
+    error: str | None = None
+    failure: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    duration: float = 0.0
+
+    @property
+    def output_notebook(self) -> Path:
+        return self.run_dir / "output.ipynb"
+
+    @property
+    def output_html(self) -> Path:
+        return self.run_dir / "output.html"
+
+
+@dataclass(frozen=True)
+class PlannedEmail:
+    """A composed email with a stable key for exactly-once delivery bookkeeping."""
+
+    key: str
+    outgoing: Outgoing
+
+
+@dataclass
+class RunOutcome:
+    """Everything one ``notifier run`` did."""
+
+    execution: Execution
+    status: str
+    results: list[SendResult] = field(default_factory=list)
+    failure_results: list[SendResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in {"succeeded", "skipped"}
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Path:
+    """``runs/<job>/<stamp>-<run id>`` (created)."""
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = runs_dir / (_SAFE_NAME.sub("-", job_name) or "job") / f"{stamp}-{run_id}"
+    (folder / "parts").mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
+    text = json.dumps(parameters, default=str)
+    if any(secret and secret in text for secret in secrets):
+        raise RunError(
+            "A notebook parameter contains the SMTP password; parameters are saved in the "
+            "output notebook.",
+            "never pass credentials as parameters: the runner sends the mail itself",
+        )
+
+
+def execute(request: RunRequest, settings: Settings) -> Execution:
+    """Run the notebook in a worker process and read back what it declared.
+
+    Raises RunError before starting for a missing notebook or an undeclared parameter.
+    Everything that goes wrong after the start is an Execution with status 'failed'.
+    """
+    notebook = Path(request.notebook).resolve()
+    check_parameters(notebook, request.parameters)
+    _refuse_secret_parameters(request.parameters, settings.secrets())
+    run_id = request.run_id or new_run_id()
+    scheduled_for = request.scheduled_for or datetime.now(timezone.utc)
+    run_dir = run_folder(settings.runs_dir, request.name, run_id, scheduled_for).resolve()
+    parameters = {
+        **request.parameters,
+        "run_id": run_id,
+        "scheduled_for": scheduled_for.isoformat(),
+        "job_name": request.name,
+    }
+    spec = {
+        "notebook": str(notebook),
+        "output": str(run_dir / "output.ipynb"),
+        "result": str(run_dir / "result.json"),
+        "parameters": parameters,
+        "cwd": str(notebook.parent),
+        "kernel_name": request.kernel_name,
+        "cell_timeout": request.cell_timeout,
+        "start_timeout": min(60.0, request.timeout),
+    }
+    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    env = kernel_environment()
+    env.update(
+        {
+            PARTS_DIR_ENV: str(run_dir / "parts"),
+            RUN_ID_ENV: run_id,
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "MPLBACKEND": env.get("MPLBACKEND", "Agg"),
+        }
+    )
+    log.info("run %s of %s started (%s)", run_id, request.name, notebook.name)
+    started = time.perf_counter()
+    timed_out = _run_worker(run_dir, env, request.timeout)
+    execution = Execution(request, run_id, run_dir, "failed")
+    execution.duration = time.perf_counter() - started
+    _finish_execution(execution, settings, timed_out)
+    log.info(
+        "run %s of %s finished: %s in %.1fs%s",
+        run_id,
+        request.name,
+        execution.status,
+        execution.duration,
+        f" ({execution.error})" if execution.error else "",
+    )
+    return execution
+
+
+def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
+    """Start the worker and wait; on timeout kill its tree. True when it timed out."""
+    with open(run_dir / "worker.log", "wb") as worker_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier.worker", str(run_dir / "spec.json")],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+            return False
+        except subprocess.TimeoutExpired:
+            killed = kill_tree(proc.pid)
+            proc.wait()
+            log.warning("run timed out after %.0fs; killed processes %s", timeout, killed)
+            return True
+        except BaseException:
+            kill_tree(proc.pid)
+            raise
+
+
+def _finish_execution(execution: Execution, settings: Settings, timed_out: bool) -> None:
+    from notifier.archive import render_html, scrub_file
+    from notifier.collect import collect
+
+    run_dir = execution.run_dir
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    if result:
+        execution.timings = result.get("timings", {})
+    for name in ("output.ipynb", "output.html", "worker.log"):
+        scrub_file(run_dir / name, settings.secrets())
+    if execution.output_notebook.is_file() and not execution.output_html.is_file():
+        try:
+            render_html(execution.output_notebook, execution.output_html)
+        except Exception as error:  # a half-written notebook must not hide the real failure
+            log.warning("could not render %s: %s", execution.output_notebook, error)
+
+    collected = None
+    if execution.output_notebook.is_file():
+        try:
+            collected = collect(execution.output_notebook, run_dir / "parts")
+        except (RunError, ValueError) as error:
+            execution.error = str(error)
+            return
+    if timed_out:
+        execution.error = f"timed out after {execution.request.timeout:.0f}s; the kernel was killed"
+        execution.failure = {"kind": "timeout", "ename": "Timeout", "evalue": execution.error}
+        return
+    if result is None:
+        tail = _tail(run_dir / "worker.log")
+        execution.error = "the notebook worker died before reporting a result"
+        execution.failure = {"kind": "worker", "ename": "WorkerDied", "evalue": tail}
+        return
+    error = result.get("error")
+    if collected is not None and collected.skip_reason is not None:
+        execution.status = "skipped"
+        execution.skip_reason = collected.skip_reason
+        return
+    if error:
+        execution.failure = error
+        execution.error = _error_summary(error)
+        return
+    assert collected is not None
+    execution.status = "succeeded"
+    execution.emails = [_with_default_recipients(m, execution.request) for m in collected.emails]
+
+
+def _error_summary(error: dict[str, Any]) -> str:
+    kind = error.get("kind")
+    evalue = str(error.get("evalue", "")).strip().splitlines()
+    first = evalue[0] if evalue else ""
+    if kind == "cell":
+        return f"cell {error.get('exec_count') or '?'} raised {error.get('ename')}: {first}"
+    if kind == "dead_kernel":
+        return f"the kernel died: {first}"
+    if kind == "cell_timeout":
+        return f"a cell exceeded the cell timeout: {first}"
+    return f"{error.get('ename')}: {first}"
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _with_default_recipients(mail: Email, request: RunRequest) -> Email:
+    if mail.to or mail.cc or mail.bcc:
+        return mail
+    return replace(mail, to=list(request.to), cc=list(request.cc), bcc=list(request.bcc))
+
+
+def email_key(index: int, mail: Email) -> str:
+    """Stable identity of an email within a slot: its position and its recipients.
+
+    The subject is left out on purpose: it often holds a timestamp, and a re-run
+    after a crash must recognise the emails it already delivered.
+    """
+    recipients = ",".join(sorted(a.lower() for a in [*mail.to, *mail.cc, *mail.bcc]))
+    return f"{index}:{hashlib.sha256(recipients.encode()).hexdigest()[:16]}"
+
+
+def plan(execution: Execution, settings: Settings) -> list[PlannedEmail]:
+    """Compose every email of a succeeded run; the first invalid one raises MessageError."""
+    planned = []
+    for index, mail in enumerate(execution.emails):
+        if not (mail.to or mail.cc or mail.bcc):
+            raise MessageError(
+                f"The email {mail.subject!r} has no recipients.",
+                "pass --to, set to: for the job in jobs.yaml, or report.email(..., to=[...])",
+            )
+        outgoing = compose(
+            mail, default_sender=settings.from_address, max_size=settings.max_message_size
+        )
+        planned.append(PlannedEmail(email_key(index, mail), outgoing))
+    return planned
+
+
+def deliver(
+    planned: Sequence[PlannedEmail],
+    transport: Transport,
+    already_accepted: Callable[[str], set[str]] | None = None,
+) -> list[tuple[PlannedEmail, SendResult]]:
+    """Send over one transport batch, leaving out recipients that already have the email."""
+    batch: list[tuple[PlannedEmail, Outgoing]] = []
+    for item in planned:
+        done = already_accepted(item.key) if already_accepted else set()
+        remaining = tuple(r for r in item.outgoing.recipients if r not in done)
+        if remaining:
+            batch.append((item, replace(item.outgoing, recipients=remaining)))
+    results = transport.send([outgoing for _, outgoing in batch]) if batch else []
+    return [(item, result) for (item, _), result in zip(batch, results, strict=True)]
+
+
+def failure_email(execution: Execution, settings: Settings) -> Outgoing | None:
+    """The email that tells the failure recipients what broke, with the output attached."""
+    recipients = execution.request.failure_recipients
+    if not recipients:
+        return None
+    failure = execution.failure or {}
+    request = execution.request
+    blocks = [
+        f"<h2 style='color:#b00020'>Run failed: {html.escape(request.name)}</h2>",
+        "<table style='font-family:Arial,sans-serif;font-size:13px'>"
+        + "".join(
+            f"<tr><th style='text-align:left;padding-right:12px'>{k}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in (
+                ("Notebook", request.notebook),
+                ("Run id", execution.run_id),
+                ("Error", execution.error or "unknown"),
+                ("Run folder", execution.run_dir),
+            )
+        )
+        + "</table>",
+    ]
+    if failure.get("source"):
+        blocks.append("<h3>Failing cell</h3>" + _pre(failure["source"]))
+    if failure.get("traceback") or failure.get("evalue"):
+        blocks.append("<h3>Traceback</h3>" + _pre(failure.get("traceback") or failure["evalue"]))
+    attachments = []
+    if execution.output_html.is_file():
+        attachments.append(
+            Part(execution.output_html.read_bytes(), "text/html", f"{request.name}-output.html")
+        )
+    mail = Email(
+        subject=f"[notifier] FAILED: {request.name}: {execution.error or 'error'}"[:200],
+        to=recipients,
+        html="\n".join(blocks),
+        attachments=attachments,
+    )
+    try:
+        return compose(
+            mail, default_sender=settings.from_address, max_size=settings.max_message_size
+        )
+    except MessageError:
+        # The output is too large to attach: send the report of the failure without it.
+        return compose(replace(mail, attachments=[]), default_sender=settings.from_address)
+
+
+def _pre(text: str) -> str:
+    return (
+        "<pre style='background:#f6f8fa;padding:8px;border:1px solid #ddd;white-space:pre-wrap;"
+        f"font-size:12px'>{html.escape(text)}</pre>"
+    )
+
+
+def run(request: RunRequest, settings: Settings, transport: Transport) -> RunOutcome:
+    """Execute, then deliver the emails (or the failure email). Never raises for run failures."""
+    execution = execute(request, settings)
+    outcome = RunOutcome(execution, execution.status, error=execution.error)
+    if execution.status == "succeeded":
+        try:
+            pairs = deliver(plan(execution, settings), transport)
+            outcome.results = [result for _, result in pairs]
+            if not execution.emails:
+                log.info("run %s declared no emails", execution.run_id)
+            if not all(result.ok for result in outcome.results):
+                outcome.status = "failed"
+                outcome.error = "delivery failed for some recipients"
+        except MessageError as error:
+            outcome.status = "failed"
+            outcome.error = execution.error = str(error)
+            execution.failure = {"kind": "compose", "ename": "MessageError", "evalue": str(error)}
+    if outcome.status == "failed" and execution.failure is not None:
+        message = failure_email(execution, settings)
+        if message is not None:
+            outcome.failure_results = transport.send([message])
+    write_summary(outcome)
+    return outcome
+
+
+def write_summary(outcome: RunOutcome) -> Path:
+    """``run.json``: status, error, timings and per-recipient results (no secrets)."""
+    execution = outcome.execution
+    summary = {
+        "run_id": execution.run_id,
+        "job": execution.request.name,
+        "notebook": str(execution.request.notebook),
+        "status": outcome.status,
+        "error": outcome.error,
+        "skip_reason": execution.skip_reason,
+        "duration_s": round(execution.duration, 3),
+        "timings": execution.timings,
+        "results": [_result_json(r) for r in outcome.results],
+        "failure_email": [_result_json(r) for r in outcome.failure_results],
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+    path = execution.run_dir / "run.json"
+    path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def _result_json(result: SendResult) -> dict[str, Any]:
+    return {
+        "message_id": result.message_id,
+        "subject": result.subject,
+        "transport": result.transport,
+        "location": result.location,
+        "error": result.error,
+        "recipients": [
+            {"address": r.address, "accepted": r.accepted, "code": r.code, "reply": r.reply}
+            for r in result.recipients
+        ],
+    }

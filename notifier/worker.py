@@ -1,0 +1,108 @@
+"""Runs one notebook with papermill in a child process (``python -m notifier.worker SPEC``).
+
+The runner starts this process without SMTP credentials in its environment, in a
+session of its own, and kills its whole process tree on the wall-clock timeout.
+It writes ``result.json`` beside the output notebook:
+``{"status": "ok" | "error", "error": {...}, "timings": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """Remove terminal colour codes from a traceback."""
+    return _ANSI.sub("", text)
+
+
+def _error_details(error: BaseException) -> dict[str, Any]:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        return {
+            "kind": "cell",
+            "ename": error.ename,
+            "evalue": strip_ansi(str(error.evalue)),
+            "cell_index": error.cell_index,
+            "exec_count": error.exec_count,
+            "source": error.source,
+            "traceback": strip_ansi("\n".join(error.traceback)),
+        }
+    kind = "dead_kernel" if type(error).__name__ == "DeadKernelError" else "engine"
+    if type(error).__name__ in {"CellTimeoutError", "TimeoutError"}:
+        kind = "cell_timeout"
+    return {
+        "kind": kind,
+        "ename": type(error).__name__,
+        "evalue": strip_ansi(str(error)),
+        "traceback": strip_ansi("".join(traceback.format_exception(error))),
+    }
+
+
+def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Execute the notebook described by ``spec``; return the result record."""
+    started = time.perf_counter()
+    from notifier import archive
+
+    renderer_ready = threading.Thread(target=archive.preload_renderer, daemon=True)
+    renderer_ready.start()  # nbconvert loads while the kernel runs, not after it
+    import papermill
+
+    from notifier import ipc_engine
+
+    ipc_engine.register()
+    timings: dict[str, float] = {"imports": time.perf_counter() - started}
+    output = Path(spec["output"])
+    result: dict[str, Any] = {"status": "ok", "timings": timings}
+    executing = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            spec["notebook"],
+            str(output),
+            parameters=spec["parameters"],
+            engine_name=ipc_engine.ENGINE_NAME,
+            kernel_name=spec.get("kernel_name"),
+            cwd=spec["cwd"],
+            progress_bar=False,
+            start_timeout=spec.get("start_timeout", 60),
+            execution_timeout=spec.get("cell_timeout"),
+            log_output=False,
+        )
+    except Exception as error:  # every failure is reported through result.json
+        result = {"status": "error", "error": _error_details(error), "timings": timings}
+    timings["execute"] = time.perf_counter() - executing
+    timings.update(ipc_engine.TIMINGS)
+    if output.is_file():
+        rendering = time.perf_counter()
+        renderer_ready.join(timeout=60)
+        try:
+            archive.render_html(output, output.with_suffix(".html"))
+        except Exception as error:
+            result.setdefault("warnings", []).append(f"HTML rendering failed: {error}")
+        timings["render_html"] = time.perf_counter() - rendering
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec_path = Path(argv[1])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    result = execute(spec)
+    result_path = Path(spec["result"])
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
