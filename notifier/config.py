@@ -112,6 +112,8 @@ class Settings:
     runs_dir: Path = Path("runs")
     db_url: str = "sqlite:///notifier.db"
     timezone: str = "UTC"
+    workers: int = 4
+    shutdown_grace: float = 30.0
 
     @property
     def uses_outbox(self) -> bool:
@@ -340,6 +342,8 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         runs_dir=Path(_get(values, "NOTIFIER_RUNS_DIR") or "runs"),
         db_url=_get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db",
         timezone=timezone,
+        workers=_parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
+        shutdown_grace=_parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
     )
 
 

@@ -45,7 +45,7 @@ def parse_duration(value: object, *, allow_number: bool = True) -> float:
     if not text or match is None:
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_FORM}")
     total = 0.0
-    for amount, unit in zip(match.groups(), "dhms"):
+    for amount, unit in zip(match.groups(), "dhms", strict=True):
         if amount is not None:
             total += float(amount) * _UNIT_SECONDS[unit]
     return total

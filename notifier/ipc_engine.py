@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+from nbclient.util import run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from traitlets import default
@@ -46,6 +47,8 @@ class TimedClient(PapermillNotebookClient):
         client = await super().async_start_new_kernel_client()
         TIMINGS["kernel_ready"] = time.perf_counter() - started + TIMINGS.get("kernel_launch", 0)
         return client
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
 
 class IPCEngine(NBClientEngine):

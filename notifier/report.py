@@ -298,7 +298,7 @@ def email(
     bcc: Iterable[str] | str | None = None,
     reply_to: Iterable[str] | str | None = None,
     sender: str | None = None,
-) -> None:
+) -> ReportEmail:
     """Start an email. Without ``to``/``cc``/``bcc`` it goes to the job's recipients.
 
     A notebook may create several (for example one per regional manager).

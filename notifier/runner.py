@@ -18,6 +18,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -175,14 +176,14 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
             "MPLBACKEND": env.get("MPLBACKEND", "Agg"),
         }
     )
-    log.info("run %s of %s started (%s)", run_id, request.name, notebook.name)
+    log.debug("run %s of %s started (%s)", run_id, request.name, notebook.name)
     started = time.perf_counter()
     timed_out = _run_worker(run_dir, env, request.timeout)
     execution = Execution(request, run_id, run_dir, "failed")
     execution.duration = time.perf_counter() - started
     _finish_execution(execution, settings, timed_out)
-    log.info(
-        "run %s of %s finished: %s in %.1fs%s",
+    log.debug(
+        "run %s of %s executed: %s in %.1fs%s",
         run_id,
         request.name,
         execution.status,
@@ -190,6 +191,19 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
         f" ({execution.error})" if execution.error else "",
     )
     return execution
+
+
+_active_workers: dict[int, subprocess.Popen[bytes]] = {}
+_active_lock = threading.Lock()
+
+
+def terminate_active_workers() -> int:
+    """Kill every running notebook worker and its kernel (daemon shutdown); returns how many."""
+    with _active_lock:
+        pids = list(_active_workers)
+    for pid in pids:
+        kill_tree(pid)
+    return len(pids)
 
 
 def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
@@ -203,6 +217,8 @@ def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        with _active_lock:
+            _active_workers[proc.pid] = proc
         try:
             proc.wait(timeout=timeout)
             return False
@@ -214,6 +230,9 @@ def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
         except BaseException:
             kill_tree(proc.pid)
             raise
+        finally:
+            with _active_lock:
+                _active_workers.pop(proc.pid, None)
 
 
 def _finish_execution(execution: Execution, settings: Settings, timed_out: bool) -> None:

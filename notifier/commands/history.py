@@ -1,0 +1,77 @@
+"""``notifier history``: what ran, when, with what outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("history", help="past runs from the ledger")
+    parser.add_argument("job", nargs="?", help="only this job")
+    parser.add_argument("--failed", action="store_true", help="only failed or interrupted runs")
+    parser.add_argument("--limit", type=int, default=20, metavar="N")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from notifier.commands.common import settings_from_env
+    from notifier.errors import NotifierError
+    from notifier.ledger import Ledger
+
+    if args.limit < 1:
+        raise NotifierError("--limit must be at least 1.", "e.g. --limit 20")
+    settings = settings_from_env()
+    ledger = Ledger(settings.db_url)
+    try:
+        runs = ledger.history(args.job, failed=args.failed, limit=args.limit)
+        rows = []
+        for run in runs:
+            deliveries = ledger.deliveries(run.run_id)
+            rows.append(
+                {
+                    "job": run.job,
+                    "run_id": run.run_id,
+                    "slot": run.slot.isoformat(),
+                    "trigger": run.trigger,
+                    "status": run.status,
+                    "attempt": run.attempt,
+                    "duration_s": run.duration_s,
+                    "recipients": sorted({d.recipient for d in deliveries}) or list(run.recipients),
+                    "deliveries": [
+                        {
+                            "recipient": d.recipient,
+                            "status": d.status,
+                            "code": d.code,
+                            "reply": d.reply,
+                        }
+                        for d in deliveries
+                    ],
+                    "error": run.error,
+                    "notes": run.notes,
+                    "output": run.output_path,
+                }
+            )
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs recorded" + (f" for {args.job}" if args.job else ""))
+        return 0
+    for row in rows:
+        duration = f"{row['duration_s']:.1f}s" if row["duration_s"] is not None else "-"
+        print(
+            f"{row['slot']}  {row['job']:<20} {row['status']:<11} {duration:>7}  {row['trigger']}"
+        )
+        if row["recipients"]:
+            print(f"    to: {', '.join(row['recipients'])}")
+        if row["error"]:
+            print(f"    error: {row['error']}")
+        elif row["notes"]:
+            print(f"    {row['notes']}")
+        if row["output"]:
+            print(f"    output: {row['output']}")
+    return 0

@@ -1,0 +1,52 @@
+"""``notifier list``: jobs, schedule, next run, last outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("list", help="jobs with their next run and last outcome")
+    parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from notifier.commands.common import settings_from_env
+    from notifier.jobs import load_jobs
+    from notifier.ledger import Ledger
+
+    jobs_file = load_jobs(args.jobs_file)
+    settings = settings_from_env()
+    ledger = Ledger(settings.db_url)
+    rows = []
+    try:
+        for job in jobs_file.jobs:
+            upcoming = job.next_fire_times(count=1) if job.enabled else []
+            last = ledger.last_run(job.name)
+            rows.append(
+                {
+                    "name": job.name,
+                    "enabled": job.enabled,
+                    "schedule": job.schedule.describe(),
+                    "timezone": job.timezone,
+                    "next_run": upcoming[0].isoformat() if upcoming else None,
+                    "last_status": last.status if last else None,
+                    "last_slot": last.slot.astimezone(job.tz).isoformat() if last else None,
+                    "last_error": last.error if last else None,
+                }
+            )
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps({"path": str(jobs_file.path), "jobs": rows}, indent=2))
+        return 0
+    header = f"{'JOB':<24} {'SCHEDULE':<28} {'NEXT RUN':<26} LAST"
+    print(header)
+    for row in rows:
+        nxt = row["next_run"] or ("disabled" if not row["enabled"] else "-")
+        last = f"{row['last_status']} ({row['last_slot']})" if row["last_status"] else "never ran"
+        print(f"{row['name']:<24} {row['schedule'][:28]:<28} {nxt:<26} {last}")
+    return 0

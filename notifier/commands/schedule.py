@@ -1,0 +1,34 @@
+"""``notifier schedule``: the daemon that runs jobs.yaml on its schedules."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="run the jobs of jobs.yaml on their schedules (daemon)",
+        description=(
+            "Run every enabled job of JOBS_FILE on its schedule until SIGTERM or Ctrl-C. "
+            "The file is reloaded when it changes; an invalid edit keeps the old schedule."
+        ),
+    )
+    parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
+    parser.add_argument("--workers", type=int, metavar="N", help="parallel runs (NOTIFIER_WORKERS)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from notifier.commands.common import announce_outbox, settings_from_env
+    from notifier.errors import NotifierError
+    from notifier.scheduler import Daemon
+
+    settings = settings_from_env()
+    if args.workers is not None:
+        if args.workers < 1:
+            raise NotifierError("--workers must be at least 1.", "e.g. --workers 4")
+        settings = settings.with_overrides(workers=args.workers)
+    announce_outbox(settings)
+    Daemon(args.jobs_file, settings).run_forever()
+    return 0

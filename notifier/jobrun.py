@@ -1,0 +1,302 @@
+"""One slot of one job, exactly once: claim it in the ledger, run, deliver, record.
+
+Used by the scheduler for every fire time and by ``notifier run JOB``. The ledger
+claim happens before the notebook runs, so a slot never runs twice; a re-attempt
+of an interrupted slot skips the recipients whose server already accepted it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from notifier.config import Settings
+from notifier.errors import MessageError, NotifierError
+from notifier.jobs import Job
+from notifier.ledger import Ledger, Run
+from notifier.message import Email, compose
+from notifier.runner import (
+    Execution,
+    PlannedEmail,
+    RunRequest,
+    deliver,
+    execute,
+    failure_email,
+    plan,
+)
+from notifier.transport import SendResult, Transport, transport_for
+
+log = logging.getLogger("notifier.jobs")
+
+HEARTBEAT_SECONDS = 30.0
+
+
+def alert_key(planned: list[PlannedEmail]) -> str:
+    """Identity of an alert for the cooldown: the subjects and recipients it sends."""
+    parts = sorted(
+        f"{p.outgoing.subject}|{','.join(sorted(p.outgoing.recipients))}" for p in planned
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def request_for(job: Job, run: Run) -> RunRequest:
+    """The runner request of a job's slot."""
+    return RunRequest(
+        notebook=job.notebook,
+        parameters=dict(job.parameters),
+        job_name=job.name,
+        to=list(job.to),
+        cc=list(job.cc),
+        bcc=list(job.bcc),
+        on_failure=list(job.on_failure) or None,
+        timeout=job.timeout_seconds,
+        cell_timeout=job.cell_timeout_seconds,
+        scheduled_for=run.slot,
+        run_id=run.run_id,
+    )
+
+
+class SlotRunner:
+    """Runs claimed slots; shared by the scheduler's worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        *,
+        transport_factory: Callable[[], Transport] | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.transport_factory = transport_factory or (lambda: transport_for(settings))
+        self.stopping = stopping or threading.Event()
+
+    def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> str | None:
+        """Claim and run ``(job, slot)``; None when another run already has the slot."""
+        run = self.ledger.claim(job.name, slot, trigger=trigger, recipients=job.to)
+        if run is None:
+            log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
+            return None
+        return self.execute_claimed(job, run)
+
+    def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> str | None:
+        """Take over an interrupted run of the same slot (None when another process did)."""
+        taken = self.ledger.reclaim(run.run_id, trigger=trigger)
+        if taken is None:
+            return None
+        log.info(
+            "%s: re-running interrupted slot %s (attempt %d)", job.name, run.slot, taken.attempt
+        )
+        return self.execute_claimed(job, taken)
+
+    def execute_claimed(self, job: Job, run: Run) -> str:
+        """Run a slot this process holds; returns the final status."""
+        self.ledger.mark_running(run.run_id)
+        beating = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(run.run_id, beating), daemon=True)
+        beat.start()
+        try:
+            return self._execute(job, run)
+        except Exception as error:  # the ledger must never keep a 'running' row for a dead run
+            log.exception("%s: run %s crashed", job.name, run.run_id)
+            self.ledger.finish(run.run_id, "failed", error=f"internal error: {error}"[:500])
+            return "failed"
+        finally:
+            beating.set()
+
+    def _heartbeat(self, run_id: str, done: threading.Event) -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            self.ledger.heartbeat(run_id)
+
+    def _execute(self, job: Job, run: Run) -> str:
+        request = request_for(job, run)
+        try:
+            execution = self._execute_with_retries(job, request)
+        except NotifierError as error:  # missing notebook, undeclared parameter
+            self.ledger.finish(run.run_id, "failed", error=error.message)
+            return "failed"
+        output = str(execution.output_notebook)
+        if self.stopping.is_set() and execution.status == "failed":
+            self.ledger.finish(
+                run.run_id, "interrupted", error="stopped by shutdown", output_path=output
+            )
+            return "interrupted"
+        if execution.status == "skipped":
+            note = self._maybe_recover(job, run, execution)
+            self.ledger.finish(
+                run.run_id, "skipped", output_path=output, notes=f"{execution.skip_reason}{note}"
+            )
+            status = "skipped"
+        elif execution.status == "succeeded":
+            status = self._deliver(job, run, execution)
+        else:
+            self._send_failure(execution)
+            self.ledger.finish(run.run_id, "failed", error=execution.error, output_path=output)
+            status = "failed"
+        self._apply_retention(job)
+        return status
+
+    def _execute_with_retries(self, job: Job, request: RunRequest) -> Execution:
+        attempts = job.retries.count + 1
+        for attempt in range(1, attempts + 1):
+            execution = execute(request, self.settings)
+            if execution.status != "failed" or attempt == attempts or self.stopping.is_set():
+                return execution
+            log.warning(
+                "%s: attempt %d of %d failed (%s); retrying in %.0fs",
+                job.name,
+                attempt,
+                attempts,
+                execution.error,
+                job.retries.delay_seconds,
+            )
+            if self.stopping.wait(job.retries.delay_seconds):
+                return execution
+        raise AssertionError("unreachable")
+
+    def _deliver(self, job: Job, run: Run, execution: Execution) -> str:
+        output = str(execution.output_notebook)
+        try:
+            planned = plan(execution, self.settings)
+        except MessageError as error:
+            execution.error = str(error)
+            execution.failure = {"kind": "compose", "ename": "MessageError", "evalue": str(error)}
+            self._send_failure(execution)
+            self.ledger.finish(run.run_id, "failed", error=error.message, output_path=output)
+            return "failed"
+        if not planned:
+            self.ledger.finish(
+                run.run_id, "succeeded", output_path=output, notes="no emails declared"
+            )
+            return "succeeded"
+        key = alert_key(planned)
+        subjects = "; ".join(p.outgoing.subject for p in planned)
+        if job.cooldown_seconds:
+            last = self.ledger.last_alert(job.name, key)
+            if last is not None and run.slot - last.slot < timedelta(seconds=job.cooldown_seconds):
+                until = last.slot + timedelta(seconds=job.cooldown_seconds)
+                note = f"same alert sent for slot {last.slot.isoformat()}; cooldown until {until.isoformat()}"
+                log.info("%s: %s", job.name, note)
+                self.ledger.finish(
+                    run.run_id, "suppressed", output_path=output, alert_key=key, notes=note
+                )
+                return "suppressed"
+        pairs = deliver(
+            planned,
+            self.transport_factory(),
+            already_accepted=lambda email_key: self.ledger.accepted_recipients(
+                job.name, run.slot, email_key, manual=run.manual
+            ),
+        )
+        failed = self._record(run, pairs)
+        status = "failed" if failed else "succeeded"
+        self.ledger.finish(
+            run.run_id,
+            status,
+            output_path=output,
+            alert_key=key,
+            error=f"delivery failed: {failed}" if failed else None,
+            notes=f"sent: {subjects}"[:500],
+        )
+        return status
+
+    def _record(self, run: Run, pairs: list[tuple[PlannedEmail, SendResult]]) -> str:
+        """Store per-recipient results; return a summary of failures ('' when none)."""
+        problems = []
+        for item, result in pairs:
+            for rcpt in result.recipients:
+                status = (
+                    ("outbox" if result.transport == "outbox" else "accepted")
+                    if rcpt.accepted
+                    else "refused"
+                )
+                self.ledger.record_delivery(
+                    run.run_id,
+                    item.key,
+                    result.message_id,
+                    rcpt.address,
+                    status,
+                    rcpt.code,
+                    rcpt.reply,
+                )
+                if not rcpt.accepted:
+                    problems.append(f"{rcpt.address}: {rcpt.code} {rcpt.reply}".strip())
+            if result.error:
+                answered = {r.address for r in result.recipients}
+                for address in item.outgoing.recipients:
+                    if address not in answered:
+                        self.ledger.record_delivery(
+                            run.run_id,
+                            item.key,
+                            result.message_id,
+                            address,
+                            "failed",
+                            None,
+                            result.error[:500],
+                        )
+                problems.append(result.error.splitlines()[0])
+        return "; ".join(problems)[:500]
+
+    def _send_failure(self, execution: Execution) -> None:
+        message = failure_email(execution, self.settings)
+        if message is None:
+            log.warning(
+                "%s failed and has no failure recipients: %s",
+                execution.request.name,
+                execution.error,
+            )
+            return
+        for result in self.transport_factory().send([message]):
+            if not result.ok:
+                log.error(
+                    "failure email for %s not delivered: %s", execution.request.name, result.error
+                )
+
+    def _maybe_recover(self, job: Job, run: Run, execution: Execution) -> str:
+        """After an alert, the first quiet run mails 'recovered'. Returns a note for the ledger."""
+        if not job.notify_recovery:
+            return ""
+        previous = next(
+            (
+                r
+                for r in self.ledger.history(job.name, limit=50)
+                if r.run_id != run.run_id and r.status in {"succeeded", "suppressed", "skipped"}
+            ),
+            None,
+        )
+        if previous is None or previous.status == "skipped" or not previous.alert_key:
+            return ""
+        recipients = [*job.to, *job.cc] or list(previous.recipients)
+        if not recipients:
+            return ""
+        subject = f"RECOVERED: {job.name}"
+        body = (
+            f"<p><b>{html.escape(job.name)}</b> is back to normal: "
+            f"{html.escape(execution.skip_reason or '')}.</p>"
+            f"<p>The alert started with slot {previous.slot.astimezone(job.tz):%Y-%m-%d %H:%M %Z}.</p>"
+        )
+        outgoing = compose(
+            Email(subject=subject, to=recipients, html=body),
+            default_sender=self.settings.from_address,
+        )
+        results = self.transport_factory().send([outgoing])
+        ok = all(r.ok for r in results)
+        log.info("%s: recovered; recovery email %s", job.name, "sent" if ok else "FAILED")
+        return " (recovery email sent)" if ok else " (recovery email failed)"
+
+    def _apply_retention(self, job: Job) -> None:
+        if not job.keep_runs_seconds:
+            return
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=job.keep_runs_seconds)
+        runs_root = self.settings.runs_dir.resolve()
+        for path in self.ledger.purge(job.name, cutoff):
+            folder = Path(path).resolve().parent
+            if runs_root in folder.parents and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
