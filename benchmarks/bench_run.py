@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "daily_report.ipynb"
 BIN = Path(sys.executable).parent
 
-BARE_SEND = r'''
+BARE_SEND = r"""
 import json, smtplib, sys
 from email.message import EmailMessage
 from pathlib import Path
@@ -51,7 +51,7 @@ for item in bundle["attachments"]:
                        filename=item["filename"])
 with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
     smtp.send_message(msg)
-'''
+"""
 
 
 def run_notifier(port: int, work: Path) -> tuple[float, dict]:
@@ -66,7 +66,11 @@ def run_notifier(port: int, work: Path) -> tuple[float, dict]:
     started = time.perf_counter()
     subprocess.run(
         [BIN / "notifier", "run", str(NOTEBOOK), "--to", "bench@example.com"],
-        env=env, cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=work,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     elapsed = time.perf_counter() - started
     run_dir = max((work / "runs").glob("*/*"), key=lambda p: p.stat().st_mtime)
@@ -88,9 +92,14 @@ def run_bare(port: int, work: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
         [BIN / "papermill", str(NOTEBOOK), str(output), "--cwd", str(NOTEBOOK.parent)],
-        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    subprocess.run([sys.executable, "-c", BARE_SEND, str(output), str(parts), str(port)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", BARE_SEND, str(output), str(parts), str(port)], check=True
+    )
     return time.perf_counter() - started
 
 
@@ -101,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, bare, timings = [], [], []
     with sink("auto", pipelining=True) as (description, port), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(f"sink: {description}; notebook: {NOTEBOOK.relative_to(ROOT)}; {args.repeat} runs each")
+        print(
+            f"sink: {description}; notebook: {NOTEBOOK.relative_to(ROOT)}; {args.repeat} runs each"
+        )
         run_bare(port, work)  # warm the OS file cache once for both
         for _ in range(args.repeat):
             elapsed, timing = run_notifier(port, work)
@@ -109,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
             timings.append(timing)
             bare.append(run_bare(port, work))
     ours_median, bare_median = statistics.median(ours), statistics.median(bare)
-    print(f"notifier run                     median {ours_median:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in ours)})")
-    print(f"papermill CLI + smtplib script   median {bare_median:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in bare)})")
-    print(f"overhead of notifier: {100 * (ours_median / bare_median - 1):+.1f} % (ratio {ours_median / bare_median:.3f}; goal <= +10 %)")
+    print(
+        f"notifier run                     median {ours_median:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in ours)})"
+    )
+    print(
+        f"papermill CLI + smtplib script   median {bare_median:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in bare)})"
+    )
+    print(
+        f"overhead of notifier: {100 * (ours_median / bare_median - 1):+.1f} % (ratio {ours_median / bare_median:.3f}; goal <= +10 %)"
+    )
     keys = ("imports", "kernel_ready", "import_cell", "execute", "render_html")
     medians = {k: statistics.median(t.get(k, 0.0) for t in timings) for k in keys}
     cold = medians["imports"] + medians["kernel_ready"] + medians["import_cell"]
@@ -121,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  notebook import cell (pandas, mpl)    {medians['import_cell']:.2f} s")
     print(f"  whole notebook execution              {medians['execute']:.2f} s")
     print(f"  HTML archive rendering                {medians['render_html']:.2f} s")
-    print(f"  cold-start share (imports + kernel + import cell): {cold:.2f} s = {100 * cold / ours_median:.0f} % of the run")
+    print(
+        f"  cold-start share (imports + kernel + import cell): {cold:.2f} s = {100 * cold / ours_median:.0f} % of the run"
+    )
     return 0
 
 
