@@ -126,7 +126,7 @@ def render_preview(
     files = attachments(message)
     if files:
         items = "".join(
-            f"<li>📎 {html.escape(name)} <span style='color:#777'>({html.escape(mime)}, "
+            f"<li>{html.escape(name)} <span style='color:#777'>({html.escape(mime)}, "
             f"{human_size(len(data))})</span></li>"
             for name, mime, data in files
         )

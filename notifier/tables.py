@@ -55,10 +55,9 @@ def dataframe_html(
     columns = [str(c) for c in shown.columns]
     index_name = str(shown.index.name) if shown.index.name is not None else ""
     rows_html = []
-    first_row = shown.iloc[0] if len(shown) else None
     aligns = [
-        _format(first_row.iloc[i], float_format)[1] if first_row is not None else "left"
-        for i in range(len(columns))
+        "right" if dtype.kind in "iuf" else "left"  # numbers right, everything else left
+        for dtype in shown.dtypes
     ]
     head_cells = (
         [f'<th style="{HEAD_STYLE.format(align="left")}">{html.escape(index_name)}</th>']
@@ -69,7 +68,9 @@ def dataframe_html(
         f'<th style="{HEAD_STYLE.format(align=align)}">{html.escape(name)}</th>'
         for name, align in zip(columns, aligns, strict=True)
     ]
-    for number, (label, row) in enumerate(shown.iterrows()):
+    for number, (label, values) in enumerate(
+        zip(shown.index, shown.itertuples(index=False, name=None), strict=True)
+    ):
         background = ROW_BACKGROUNDS[number % 2]
         cells = []
         if index:
@@ -78,8 +79,8 @@ def dataframe_html(
                 f'<th style="{CELL_STYLE.format(align="left")};font-weight:bold">'
                 f"{html.escape(text)}</th>"
             )
-        for value in row.tolist():
-            text, align = _format(value, float_format)
+        for value, align in zip(values, aligns, strict=True):  # itertuples keeps column types
+            text, _ = _format(value, float_format)
             cells.append(f'<td style="{CELL_STYLE.format(align=align)}">{html.escape(text)}</td>')
         rows_html.append(f'<tr style="background:{background}">{"".join(cells)}</tr>')
     caption_html = (
