@@ -120,17 +120,31 @@ def parse_addresses(values: Iterable[str] | str | None, *, role: str) -> list[Ad
     result = []
     for value in values:
         check_header_value(role, value)
-        pairs = [(name, addr) for name, addr in getaddresses([value]) if name or addr]
-        for name, addr in pairs:
-            try:
-                result.append(parse_address(f"{name} <{addr}>" if name else addr, role=role))
-            except MessageError as error:
-                if len(pairs) == 1 and value.strip() == (addr or name):
-                    raise
-                raise MessageError(
-                    f"{value!r} is not a valid email address ({role}).", error.fix
-                ) from None
+        # Each entry is parsed on its own: getaddresses() silently drops what it cannot
+        # parse ("bob@") and splits quoted names that hold a comma ("Doe, Jane").
+        result += [parse_address(entry, role=role) for entry in _split_address_list(value)]
     return result
+
+
+def _split_address_list(value: str) -> list[str]:
+    """Split at commas/semicolons outside quotes and <...>; empty entries are dropped."""
+    entries, current, quoted, escaped, angle = [], "", False, False, 0
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char in "<>":
+            angle = max(0, angle + (1 if char == "<" else -1))
+        elif not quoted and not angle and char in ",;":
+            entries.append(current)
+            current = ""
+            continue
+        current += char
+    entries.append(current)
+    return [entry.strip() for entry in entries if entry.strip()]
 
 
 def compose(
@@ -172,6 +186,8 @@ def compose(
         check_header_value(f"header {name}", name)
         msg[name] = check_header_value(f"header {name}", value)
 
+    for part in [*mail.attachments, *(image.part for image in mail.images)]:
+        check_header_value("file name", part.filename)
     _set_body(msg, mail)
     for part in mail.attachments:
         msg.add_attachment(

@@ -127,9 +127,18 @@ def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Pa
     return folder
 
 
+def _parameter_strings(value: Any) -> list[str]:
+    """Every key and leaf value as text (json.dumps would escape quotes and non-ASCII)."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _parameter_strings(k) + _parameter_strings(v)]
+    if isinstance(value, list | tuple | set):
+        return [s for item in value for s in _parameter_strings(item)]
+    return [str(value)]
+
+
 def _refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
-    text = json.dumps(parameters, default=str)
-    if any(secret and secret in text for secret in secrets):
+    texts = _parameter_strings(parameters)
+    if any(secret and secret in text for secret in secrets for text in texts):
         raise RunError(
             "A notebook parameter contains the SMTP password; parameters are saved in the "
             "output notebook.",
@@ -253,12 +262,12 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
             log.warning("could not render %s: %s", execution.output_notebook, error)
 
     collected = None
+    unreadable = "the worker wrote no output notebook"
     if execution.output_notebook.is_file():
         try:
             collected = collect(execution.output_notebook, run_dir / "parts")
-        except (RunError, ValueError) as error:
-            execution.error = str(error)
-            return
+        except (RunError, ValueError) as error:  # e.g. cut off by the kill: report the cause
+            unreadable = f"the output notebook could not be read: {error}"
     if timed_out:
         execution.error = f"timed out after {execution.request.timeout:.0f}s; the kernel was killed"
         execution.failure = {"kind": "timeout", "ename": "Timeout", "evalue": execution.error}
@@ -277,7 +286,10 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
         execution.failure = error
         execution.error = _error_summary(error)
         return
-    assert collected is not None
+    if collected is None:
+        execution.error = unreadable
+        execution.failure = {"kind": "collect", "ename": "RunError", "evalue": unreadable}
+        return
     execution.status = "succeeded"
     execution.emails = [_with_default_recipients(m, execution.request) for m in collected.emails]
 

@@ -63,14 +63,14 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Execute the notebook described by ``spec``; return the result record."""
     started = time.perf_counter()
     _skip_slow_optional_imports()
-    from notifier import archive
-
-    renderer_ready = threading.Thread(target=archive.preload_renderer, daemon=True)
-    renderer_ready.start()  # nbconvert loads while the kernel runs, not after it
     import papermill
 
-    from notifier import ipc_engine
+    from notifier import archive, ipc_engine
 
+    # Only after papermill (and jupyter_client) are fully imported: importing them in two
+    # threads at once can hand one thread a partially initialized jupyter_client module.
+    renderer_ready = threading.Thread(target=archive.preload_renderer, daemon=True)
+    renderer_ready.start()  # nbconvert loads while the kernel runs, not after it
     ipc_engine.register()
     timings: dict[str, float] = {"imports": time.perf_counter() - started}
     output = Path(spec["output"])

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from notifier.commands.common import announce_outbox, print_results, settings_from_env
-    from notifier.notebook_params import parse_cli_value
+    from notifier.notebook_params import check_parameters, parse_cli_value
     from notifier.runner import DEFAULT_TIMEOUT, RunRequest
     from notifier.runner import run as run_notebook
     from notifier.transport import transport_for
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout or DEFAULT_TIMEOUT,
         cell_timeout=args.cell_timeout,
     )
+    check_parameters(target, request.parameters)  # a refused run prints only its error
     announce_outbox(settings, dry_run=args.dry_run)
     outcome = run_notebook(request, settings, transport_for(settings, dry_run=args.dry_run))
     execution = outcome.execution

@@ -1,0 +1,709 @@
+"""notifier.runner with real Jupyter kernels: execute, collect, deliver, fail, time out, keep secrets.
+
+Kernel runs are slow (~4 s each), so runs that several tests inspect are module-scoped
+fixtures. Delivery goes to the memory or outbox transport, which build the real MIME.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from pathlib import Path
+
+import psutil
+import pytest
+
+from notebooks import write_notebook
+from notifier.config import parse_settings
+from notifier.errors import MessageError, RunError
+from notifier.message import Email
+from notifier.report import EMAIL_MIME
+from notifier.runner import (
+    Execution,
+    RunRequest,
+    _finish_execution,
+    deliver,
+    execute,
+    failure_email,
+    plan,
+    run,
+)
+from notifier.transport.base import Outgoing
+from notifier.transport.memory import MemoryTransport
+from notifier.transport.outbox import OutboxTransport
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UTC = timezone.utc
+SCHEDULED = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+PASSWORD = "hunter2-Sup3r-s3cret"
+BIG = bytes(range(256)) * 8192  # 2 MiB
+
+
+def parse(out: Outgoing) -> EmailMessage:
+    return email.message_from_bytes(out.data, policy=email.policy.default)
+
+
+def settings_in(folder: Path, **extra: str):
+    return parse_settings(
+        {"NOTIFIER_RUNS_DIR": str(folder / "runs"), "NOTIFIER_OUTBOX": str(folder / "outbox")}
+        | extra
+    )
+
+
+def email_bundles(notebook: Path) -> list[dict]:
+    data = json.loads(notebook.read_text(encoding="utf-8"))
+    return [
+        output["data"][EMAIL_MIME]
+        for cell in data["cells"]
+        for output in cell.get("outputs", [])
+        if EMAIL_MIME in output.get("data", {})
+    ]
+
+
+def ipykernels_of_run(run_id: str) -> list[psutil.Process]:
+    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
+                continue
+            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie waiting to be reaped counts as gone)."""
+    if not psutil.pid_exists(pid):
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- a successful report run -------------------------------------------------------------------
+
+REPORT_PARAMETERS = """
+region = "EU"
+threshold = 10
+regions = ["EU"]
+"""
+
+REPORT_CELLS = [
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from notifier import report
+    """,
+    """
+    managers = {"EU": "Ève Dupont <eve@example.com>", "US": "sam@example.com"}
+    data = pd.DataFrame({"region": ["EU", "US"], "revenue": [1234.5, 99.0], "orders": [12, 3]})
+    for r in regions:
+        rows = data[data.region == r].reset_index(drop=True)
+        mail = report.email(f"Sales {r} — Zürich ✓ ({threshold})", to=managers[r])
+        mail.table(rows)
+        mail.attach(rows, f"ventes-{r}.csv")
+    """,
+    """
+    summary = report.email(
+        f"Summary {region} {threshold!r} {regions!r} "
+        f"run={run_id} job={job_name} at={scheduled_for}"
+    )
+    summary.markdown("**Grüße** aus Zürich 📈 — 東京")
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([1, 2, 3], [2, 1, 3])
+    summary.chart(fig, attach=True, filename="trend.png")
+    summary.attach(data, "données.csv")
+    summary.attach(bytes(range(256)) * 8192, "big.bin")
+    """,
+    # a later cell changes an email displayed earlier: its output is updated in place
+    'summary.text("added in a later cell")',
+]
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    notebook = write_notebook(base / "sales.ipynb", *REPORT_CELLS, parameters=REPORT_PARAMETERS)
+    settings = settings_in(base)
+    transport = MemoryTransport()
+    request = RunRequest(
+        notebook,
+        parameters={"region": "US", "threshold": 42, "regions": ["EU", "US"]},
+        job_name="sales-daily",
+        to=["boss@example.com"],
+        cc=["team@example.com"],
+        bcc=["audit@example.com"],
+        run_id="run0000test1",
+        scheduled_for=SCHEDULED,
+    )
+    outcome = run(request, settings, transport)
+    return outcome, transport, settings
+
+
+def test_report_run_succeeds_and_archives(report_run):
+    outcome, transport, settings = report_run
+    execution = outcome.execution
+    assert (outcome.status, outcome.error) == ("succeeded", None), (
+        execution.run_dir / "worker.log"
+    ).read_text()
+    assert outcome.ok
+    assert execution.run_id == "run0000test1"
+    assert (
+        execution.run_dir
+        == (settings.runs_dir / "sales-daily" / "20240506T080000Z-run0000test1").resolve()
+    )
+    for name in ("output.ipynb", "output.html", "worker.log", "run.json"):
+        assert (execution.run_dir / name).is_file(), name
+    summary = json.loads((execution.run_dir / "run.json").read_text())
+    assert summary["status"] == "succeeded"
+    assert summary["run_id"] == "run0000test1"
+    assert summary["job"] == "sales-daily"
+    assert [r["subject"] for r in summary["results"]] == [m.subject for m in transport.sent]
+    assert outcome.failure_results == []
+
+
+def test_parameters_and_run_metadata_reach_the_notebook(report_run):
+    _, transport, _ = report_run
+    subjects = [out.subject for out in transport.sent]
+    assert subjects == [
+        "Sales EU — Zürich ✓ (42)",
+        "Sales US — Zürich ✓ (42)",
+        "Summary US 42 ['EU', 'US'] run=run0000test1 job=sales-daily at=2024-05-06T08:00:00+00:00",
+    ]
+
+
+def test_each_email_has_its_own_recipients_and_the_rest_get_the_defaults(report_run):
+    _, transport, _ = report_run
+    eu, us, summary = transport.sent
+    assert eu.recipients == ("eve@example.com",)
+    assert parse(eu)["To"].addresses[0].display_name == "Ève Dupont"
+    assert parse(eu)["Cc"] is None
+    assert us.recipients == ("sam@example.com",)
+    assert summary.recipients == ("boss@example.com", "team@example.com", "audit@example.com")
+    message = parse(summary)
+    assert (message["To"], message["Cc"], message["Bcc"]) == (
+        "boss@example.com",
+        "team@example.com",
+        None,
+    )
+    assert b"audit@example.com" not in summary.data
+
+
+def test_collected_parts_are_exact(report_run):
+    outcome, transport, _ = report_run
+    emails = outcome.execution.emails
+    assert [len(m.images) for m in emails] == [0, 0, 1]
+    assert [[a.filename for a in m.attachments] for m in emails] == [
+        ["ventes-EU.csv"],
+        ["ventes-US.csv"],
+        ["trend.png", "données.csv", "big.bin"],
+    ]
+    assert emails[0].attachments[0].data == b"region,revenue,orders\nEU,1234.5,12\n"
+    assert emails[1].attachments[0].data == b"region,revenue,orders\nUS,99.0,3\n"
+
+    message = parse(transport.sent[2])
+    inline = [p for p in message.walk() if p.get("Content-ID")]
+    assert len(inline) == 1 and inline[0].get_content_type() == "image/png"
+    png = inline[0].get_content()
+    assert png.startswith(PNG_SIGNATURE)
+    html_body = message.get_body(preferencelist=("html",)).get_content()
+    assert f'src="cid:{inline[0]["Content-ID"].strip("<>")}"' in html_body
+    files = {p.get_filename(): p for p in message.iter_attachments()}
+    assert list(files) == ["trend.png", "données.csv", "big.bin"]
+    assert files["trend.png"].get_content() == png
+    assert files["données.csv"].get_content_type() == "text/csv"
+    assert files["données.csv"].get_payload(decode=True) == (
+        b"region,revenue,orders\nEU,1234.5,12\nUS,99.0,3\n"
+    )
+    assert files["big.bin"].get_payload(decode=True) == BIG
+
+
+def test_unicode_content_end_to_end(report_run):
+    _, transport, _ = report_run
+    message = parse(transport.sent[2])
+    html_body = message.get_body(("html",)).get_content()
+    assert "<p><strong>Grüße</strong> aus Zürich 📈 — 東京</p>" in html_body
+    assert html_body.count("<p>added in a later cell</p>") == 1
+    assert "Grüße aus Zürich 📈 — 東京" in message.get_body(("plain",)).get_content()
+    assert parse(transport.sent[0])["Subject"] == "Sales EU — Zürich ✓ (42)"
+    assert transport.sent[0].data.isascii()
+
+
+def test_output_notebook_records_the_emails_and_stays_small(report_run):
+    outcome, _, _ = report_run
+    execution = outcome.execution
+    assert execution.output_notebook.stat().st_size < 200_000
+    bundles = email_bundles(execution.output_notebook)
+    assert len({b["email_id"] for b in bundles}) == 3
+    latest = {b["email_id"]: b for b in bundles}
+    by_subject = {b["subject"]: b for b in latest.values()}
+    summary = by_subject[
+        "Summary US 42 ['EU', 'US'] run=run0000test1 job=sales-daily at=2024-05-06T08:00:00+00:00"
+    ]
+    assert summary["to"] == []  # the runner adds the job's recipients; the archive says so
+    big = summary["attachments"][2]
+    assert big["filename"] == "big.bin"
+    assert big["size"] == len(BIG)
+    assert big["sha256"] == hashlib.sha256(BIG).hexdigest()
+    assert "data" not in big
+    assert (execution.run_dir / "parts" / big["file"]).read_bytes() == BIG
+    for entry in [*summary["images"], *summary["attachments"]]:
+        stored = execution.run_dir / "parts" / entry["file"]
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == entry["sha256"]
+    # the archived html shows the emails too (the preview is part of the output)
+    assert "Sales EU — Zürich ✓ (42)" in execution.output_html.read_text(encoding="utf-8")
+
+
+def test_worker_log_has_no_tcp_encryption_warning(report_run):
+    outcome, _, _ = report_run
+    log_text = (outcome.execution.run_dir / "worker.log").read_text()
+    assert "without encryption" not in log_text
+    assert "CurveZMQ" not in log_text
+
+
+# -- runs refused before any kernel starts -----------------------------------------------------
+
+
+@pytest.fixture
+def simple_notebook(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "simple.ipynb",
+        "from notifier import report\nreport.email(region)",
+        parameters='region = "EU"\nlimit: int = 5',
+    )
+
+
+def test_unknown_parameter_is_refused_before_the_kernel_starts(tmp_path, simple_notebook):
+    settings = settings_in(tmp_path)
+    request = RunRequest(simple_notebook, parameters={"regoin": "US", "limit": 3})
+    with pytest.raises(RunError) as raised:
+        execute(request, settings)
+    assert raised.value.message == (
+        "simple.ipynb does not declare the parameter(s) regoin; it declares: region, limit."
+    )
+    assert not settings.runs_dir.exists()
+
+
+def test_parameter_without_parameters_cell_is_refused(tmp_path):
+    notebook = write_notebook(tmp_path / "plain.ipynb", "x = 1", parameters=None)
+    settings = settings_in(tmp_path)
+    with pytest.raises(RunError, match="has no cell tagged 'parameters'") as raised:
+        execute(RunRequest(notebook, parameters={"x": 2}), settings)
+    assert "(given: x)" in raised.value.message
+    assert "add the tag 'parameters'" in raised.value.fix
+    assert not settings.runs_dir.exists()
+
+
+def test_missing_notebook_is_refused(tmp_path):
+    settings = settings_in(tmp_path)
+    with pytest.raises(RunError, match="does not exist"):
+        execute(RunRequest(tmp_path / "nope.ipynb"), settings)
+    with pytest.raises(RunError, match="is not a Jupyter notebook"):
+        (tmp_path / "broken.ipynb").write_text("{not json", encoding="utf-8")
+        execute(RunRequest(tmp_path / "broken.ipynb"), settings)
+    assert not settings.runs_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "password, value",
+    [
+        (PASSWORD, f"x{PASSWORD}y"),
+        (PASSWORD, ["EU", {"nested": PASSWORD}]),
+        ('pa"ss\\wörd', 'prefix pa"ss\\wörd'),  # json.dumps would escape all three
+        ("tab\there", "a tab\there"),
+    ],
+    ids=["plain", "nested", "quote-backslash-umlaut", "tab"],
+)
+def test_parameter_holding_the_password_is_refused(tmp_path, simple_notebook, password, value):
+    settings = settings_in(
+        tmp_path, SMTP_HOST="127.0.0.1", SMTP_USER="u@example.com", SMTP_PASSWORD=password
+    )
+    request = RunRequest(simple_notebook, parameters={"region": value})
+    with pytest.raises(RunError, match="contains the SMTP password") as raised:
+        execute(request, settings)
+    assert password not in str(raised.value)
+    assert not settings.runs_dir.exists()
+
+
+def test_an_invalid_email_stops_the_whole_batch_before_sending(tmp_path):
+    settings = settings_in(tmp_path)
+    request = RunRequest(tmp_path / "x.ipynb", to=["boss@example.com"])
+    execution = Execution(
+        request,
+        "r1",
+        tmp_path,
+        "succeeded",
+        emails=[
+            Email(subject="good", to=["a@example.com"], text="x"),
+            Email(subject="bad", to=["bob@"], text="x"),
+        ],
+    )
+    transport = MemoryTransport()
+    with pytest.raises(MessageError, match="'bob@' is not a valid email address"):
+        deliver(plan(execution, settings), transport)
+    assert transport.sent == []
+
+
+@pytest.mark.parametrize("case", ["missing-part", "no-output-notebook"])
+def test_unreadable_output_is_a_failure_with_a_failure_email(tmp_path, case):
+    # What the worker left behind, without a kernel: result.json says ok, but the emails
+    # cannot be read back. The run must fail with the cause, and tell the failure recipients.
+    run_dir = tmp_path / "run"
+    (run_dir / "parts").mkdir(parents=True)
+    (run_dir / "result.json").write_text('{"status": "ok", "timings": {}}')
+    if case == "missing-part":
+        bundle = {
+            "version": 1, "email_id": "e1", "revision": 1, "subject": "S", "to": ["a@example.com"],
+            "cc": [], "bcc": [], "reply_to": [], "sender": None, "html": "<p>x</p>", "images": [],
+            "attachments": [
+                {"filename": "a.csv", "mime_type": "text/csv", "size": 1, "sha256": "0" * 64,
+                 "file": "gone.csv"}
+            ],
+        }  # fmt: skip
+        notebook = write_notebook(run_dir / "output.ipynb", "1")
+        data = json.loads(notebook.read_text())
+        data["cells"][1]["outputs"] = [
+            {
+                "output_type": "display_data",
+                "metadata": {},
+                "data": {EMAIL_MIME: bundle, "text/plain": "S"},
+            }
+        ]
+        notebook.write_text(json.dumps(data))
+    request = RunRequest(tmp_path / "job.ipynb", to=["boss@example.com"])
+    execution = Execution(request, "r1", run_dir, "failed")
+    _finish_execution(execution, settings_in(tmp_path), timed_out=False)
+
+    assert execution.status == "failed"
+    assert execution.emails == []
+    expected = {
+        "missing-part": "the output notebook could not be read: A part of an email could not "
+        f"be read back: [Errno 2] No such file or directory: '{run_dir / 'parts' / 'gone.csv'}'.",
+        "no-output-notebook": "the worker wrote no output notebook",
+    }[case]
+    assert execution.error.startswith(expected), execution.error
+    assert execution.failure["kind"] == "collect"
+    message = failure_email(execution, settings_in(tmp_path))
+    assert message is not None and message.recipients == ("boss@example.com",)
+
+
+# -- skip, failure, timeout, dead kernel -------------------------------------------------------
+
+
+def test_skip_sends_nothing_and_stops_the_notebook(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "alert.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        mail = report.email("Should not be sent", to="x@example.com")
+        mail.text("nothing")
+        """,
+        'report.skip("no new rows since 2024-05-05")',
+        'Path("after-skip.txt").write_text("ran")',
+    )
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings_in(tmp_path), transport)
+    assert outcome.status == "skipped"
+    assert outcome.ok
+    assert outcome.execution.skip_reason == "no new rows since 2024-05-05"
+    assert outcome.error is None
+    assert transport.sent == []
+    assert outcome.failure_results == []
+    assert not (tmp_path / "after-skip.txt").exists()
+    summary = json.loads((outcome.execution.run_dir / "run.json").read_text())
+    assert (summary["status"], summary["skip_reason"]) == (
+        "skipped",
+        "no new rows since 2024-05-05",
+    )
+
+
+def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "failing.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        mail = report.email("Partial report", to="x@example.com")
+        mail.text("half done")
+        """,
+        """
+        def load_rows():
+            raise ValueError("boom: bad data 42")
+
+        rows = load_rows()
+        """,
+        'Path("after-error.txt").write_text("ran")',
+    )
+    transport = MemoryTransport()
+    request = RunRequest(notebook, to=["boss@example.com"], on_failure=["ops@example.com"])
+    outcome = run(request, settings_in(tmp_path), transport)
+    execution = outcome.execution
+
+    assert outcome.status == "failed"
+    assert not outcome.ok
+    assert outcome.error == "cell 3 raised ValueError: boom: bad data 42"
+    assert execution.emails == []
+    assert not (tmp_path / "after-error.txt").exists()
+    assert len(transport.sent) == 1  # the failure email only, not the partial report
+    failure = transport.sent[0]
+    assert failure.recipients == ("ops@example.com",)
+    assert failure.subject == (
+        "[notifier] FAILED: failing: cell 3 raised ValueError: boom: bad data 42"
+    )
+    message = parse(failure)
+    body = message.get_body(preferencelist=("html",)).get_content()
+    assert "<h3>Failing cell</h3>" in body
+    assert "raise ValueError(&quot;boom: bad data 42&quot;)" in body
+    assert "rows = load_rows()" in body
+    assert "<h3>Traceback</h3>" in body
+    traceback_html = body.split("<h3>Traceback</h3>", 1)[1]
+    assert "in load_rows" in traceback_html
+    assert "ValueError: boom: bad data 42" in traceback_html
+    assert "\x1b[" not in body
+    files = list(message.iter_attachments())
+    assert [(f.get_filename(), f.get_content_type()) for f in files] == [
+        ("failing-output.html", "text/html")
+    ]
+    attached = files[0].get_payload(decode=True)
+    assert attached == execution.output_html.read_bytes()
+    assert b"boom: bad data 42" in attached
+    summary = json.loads((execution.run_dir / "run.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == "cell 3 raised ValueError: boom: bad data 42"
+    assert [r["recipients"][0]["address"] for r in summary["failure_email"]] == ["ops@example.com"]
+
+
+def test_timeout_kills_the_kernel_and_its_children(tmp_path):
+    pidfile = tmp_path / "pids.txt"
+    notebook = write_notebook(
+        tmp_path / "slow.ipynb",
+        """
+        import os, subprocess
+        from pathlib import Path
+        from notifier import report
+        report.email("Never sent", to="x@example.com").text("complete but the run timed out")
+        child = subprocess.Popen(["sleep", "300"])
+        Path(pidfile).write_text(f"{os.getpid()} {child.pid}")
+        """,
+        "import time\ntime.sleep(300)",
+        parameters='pidfile = ""',
+    )
+    transport = MemoryTransport()
+    request = RunRequest(
+        notebook,
+        parameters={"pidfile": str(pidfile)},
+        to=["boss@example.com"],
+        timeout=6,
+        run_id="timeout00001",
+    )
+    outcome = run(request, settings_in(tmp_path), transport)
+
+    assert outcome.status == "failed"
+    assert outcome.error == "timed out after 6s; the kernel was killed"
+    assert 6 <= outcome.execution.duration < 60
+    kernel_pid, child_pid = (int(p) for p in pidfile.read_text().split())
+    assert gone(kernel_pid), f"kernel {kernel_pid} still alive"
+    assert gone(child_pid), f"sleep child {child_pid} still alive"
+    assert ipykernels_of_run("timeout00001") == []
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: slow: timed out after 6s; the kernel was killed"
+    ]
+
+
+def test_timeout_while_the_output_notebook_is_half_written(tmp_path):
+    # The kill can land while papermill writes output.ipynb: the timeout must still be
+    # reported (not a JSON error) and the failure email sent.
+    notebook = write_notebook(
+        tmp_path / "cut.ipynb",
+        """
+        import os, time
+        from pathlib import Path
+        output = Path(os.environ["NOTIFIER_PARTS_DIR"]).parent / "output.ipynb"
+        output.write_text(output.read_text()[:200])
+        time.sleep(300)
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(
+        RunRequest(notebook, to=["boss@example.com"], timeout=6), settings_in(tmp_path), transport
+    )
+    assert outcome.status == "failed"
+    assert outcome.error == "timed out after 6s; the kernel was killed"
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: cut: timed out after 6s; the kernel was killed"
+    ]
+
+
+def test_cell_timeout_fails_the_run(tmp_path):
+    notebook = write_notebook(tmp_path / "stuck.ipynb", "import time\ntime.sleep(120)")
+    transport = MemoryTransport()
+    outcome = run(
+        RunRequest(notebook, to=["boss@example.com"], cell_timeout=3, run_id="celltimeout1"),
+        settings_in(tmp_path),
+        transport,
+    )
+    assert outcome.status == "failed"
+    assert outcome.error.startswith("a cell exceeded the cell timeout: "), outcome.error
+    assert outcome.execution.duration < 60
+    assert [m.subject for m in transport.sent] == [f"[notifier] FAILED: stuck: {outcome.error}"]
+    assert ipykernels_of_run("celltimeout1") == []
+
+
+def test_dead_kernel_fails_the_run(tmp_path):
+    notebook = write_notebook(tmp_path / "crash.ipynb", "import os\nos._exit(1)")
+    transport = MemoryTransport()
+    outcome = run(
+        RunRequest(notebook, to=["boss@example.com"], run_id="deadkernel01"),
+        settings_in(tmp_path),
+        transport,
+    )
+    assert outcome.status == "failed"
+    assert "kernel died" in outcome.error
+    assert len(transport.sent) == 1
+    assert "kernel died" in transport.sent[0].subject
+    assert ipykernels_of_run("deadkernel01") == []
+
+
+# -- the SMTP password never reaches the kernel or the archive ----------------------------------
+
+
+def test_the_password_never_reaches_the_kernel_or_any_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SMTP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("SMTP_PASS", PASSWORD)
+    monkeypatch.setenv("NOTIFIER_TEST_SENTINEL", "visible-7e3f")
+    caplog.set_level(logging.DEBUG)
+    settings = settings_in(
+        tmp_path,
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT="2525",
+        SMTP_USER="reports@example.com",
+        SMTP_PASSWORD=PASSWORD,
+    )
+    keys_file = tmp_path / "kernel-env-keys.json"
+    notebook = write_notebook(
+        tmp_path / "snoop.ipynb",
+        """
+        import json, os
+        from pathlib import Path
+        from notifier import report
+        env = {key: os.environ.get(key) for key in os.environ}
+        print(env)
+        for key in ("SMTP_PASSWORD", "SMTP_PASS"):
+            print(key, os.getenv(key))
+        for source in ("/proc/self/environ", f"/proc/{os.getppid()}/environ"):
+            try:
+                print(source, Path(source).read_bytes())
+            except OSError as error:
+                print(source, error)
+        Path(keys_file).write_text(json.dumps(sorted(env)))
+        mail = report.email("Environment", to="a@example.com")
+        mail.text(repr(env))
+        mail.attach(json.dumps(env).encode(), "env.json")
+        env
+        """,
+        parameters='keys_file = ""',
+    )
+    transport = OutboxTransport(settings.outbox_dir)
+    outcome = run(
+        RunRequest(notebook, parameters={"keys_file": str(keys_file)}, to=["boss@example.com"]),
+        settings,
+        transport,
+    )
+    assert outcome.status == "succeeded", outcome.error
+
+    keys = json.loads(keys_file.read_text())
+    assert "SMTP_PASSWORD" not in keys
+    assert "SMTP_PASS" not in keys
+    assert "NOTIFIER_TEST_SENTINEL" in keys
+    run_dir = outcome.execution.run_dir
+    output = (run_dir / "output.ipynb").read_text(encoding="utf-8")
+    assert "visible-7e3f" in output  # the dump did reach the archive...
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    files += [p for p in settings.outbox_dir.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"output.ipynb", "output.html", "worker.log", "run.json"} <= names
+    assert any(name.endswith(".eml") for name in names)
+    for path in files:  # ...but the password is nowhere
+        assert PASSWORD.encode() not in path.read_bytes(), path
+    assert PASSWORD not in caplog.text
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_project(tmp_path: Path) -> Path:
+    (tmp_path / ".env").write_text("", encoding="utf-8")
+    return tmp_path
+
+
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "NOTIFIER_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", "run", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_cli_dry_run_writes_the_email_to_the_outbox(cli_project):
+    write_notebook(
+        cli_project / "daily.ipynb",
+        'from notifier import report\nreport.email(f"Daily {region} {count}").text("hello")',
+        parameters='region = "EU"\ncount = 1',
+    )
+    result = cli(
+        cli_project, "daily.ipynb", "-p", "region", "US", "-p", "count", "7",
+        "--to", "boss@example.com", "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    emls = list((cli_project / "outbox").glob("*.eml"))
+    assert len(emls) == 1
+    message = email.message_from_bytes(emls[0].read_bytes(), policy=email.policy.default)
+    assert message["Subject"] == "Daily US 7"
+    assert message["To"] == "boss@example.com"
+    assert ": succeeded in " in result.stdout
+    assert "accepted: boss@example.com" in result.stdout
+    assert len(list((cli_project / "runs" / "daily").glob("*/output.ipynb"))) == 1
+
+
+def test_cli_failing_notebook_exits_1(cli_project):
+    write_notebook(cli_project / "broken.ipynb", "1 / 0")
+    result = cli(cli_project, "broken.ipynb", "--to", "boss@example.com", "--dry-run")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ": failed in " in result.stdout
+    assert "error: cell 2 raised ZeroDivisionError: division by zero" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert len(list((cli_project / "outbox").glob("*.eml"))) == 1  # the failure email
+
+
+def test_cli_bad_parameter_is_one_clear_error(cli_project):
+    write_notebook(cli_project / "daily.ipynb", "x = 1", parameters='region = "EU"')
+    result = cli(cli_project, "daily.ipynb", "-p", "regoin", "US", "--to", "boss@example.com")
+    assert result.returncode != 0
+    # the error and its fix, nothing else (no traceback, no outbox notice for a refused run)
+    assert result.stderr == (
+        "error: daily.ipynb does not declare the parameter(s) regoin; it declares: region.\n"
+        "  fix: check the spelling, or add the name to the notebook's parameters cell\n"
+    )
+    assert result.stdout == ""
+    assert not (cli_project / "runs").exists()
