@@ -127,10 +127,10 @@ def _is_dataframe(obj: Any) -> bool:
 def _dataframe_bytes(frame: Any, name: str) -> bytes:
     suffix = Path(name).suffix.lower()
     if suffix == ".csv":
-        return frame.to_csv(index=_keeps_index(frame)).encode("utf-8")
+        return frame.to_csv(index=keeps_index(frame)).encode("utf-8")
     if suffix == ".xlsx":
         buffer = io.BytesIO()
-        frame.to_excel(buffer, index=_keeps_index(frame))
+        frame.to_excel(buffer, index=keeps_index(frame))
         return buffer.getvalue()
     if suffix == ".json":
         return frame.to_json(orient="records", date_format="iso").encode("utf-8")
@@ -139,10 +139,16 @@ def _dataframe_bytes(frame: Any, name: str) -> bytes:
     )
 
 
-def _keeps_index(frame: Any) -> bool:
-    """Keep the index unless it is the default 0..n-1 RangeIndex."""
+def keeps_index(frame: Any) -> bool:
+    """Keep an index that carries data: named, or not plain integers.
+
+    A filtered frame keeps its old row numbers (an unnamed integer index): that is
+    not data, and writing it would add an anonymous first column.
+    """
     index = frame.index
-    return not (type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1)
+    if any(name is not None for name in index.names):
+        return True
+    return index.dtype.kind not in "iu"
 
 
 def _existing_file(source: PathLike, what: str) -> Path:

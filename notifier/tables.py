@@ -6,6 +6,8 @@ import html
 import numbers
 from typing import Any
 
+from notifier.parts import keeps_index
+
 TABLE_STYLE = (
     "border-collapse:collapse;font-family:Arial,Helvetica,sans-serif;font-size:13px;margin:8px 0"
 )
@@ -43,14 +45,13 @@ def dataframe_html(
 ) -> str:
     """Render a DataFrame (or Series) as an inline-styled ``<table>``.
 
-    ``index=None`` shows the index only when it is not the default 0..n-1.
+    ``index=None`` shows the index only when it carries data (named, or not integers).
     Rows beyond ``max_rows`` are cut, and the table says so.
     """
     if hasattr(frame, "to_frame") and not hasattr(frame, "columns"):
         frame = frame.to_frame()
     if index is None:
-        idx = frame.index
-        index = not (type(idx).__name__ == "RangeIndex" and idx.start == 0 and idx.step == 1)
+        index = keeps_index(frame)
     shown = frame.head(max_rows)
     columns = [str(c) for c in shown.columns]
     index_name = str(shown.index.name) if shown.index.name is not None else ""

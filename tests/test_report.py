@@ -609,3 +609,18 @@ def test_email_is_annotated_to_return_a_report_email():
     # Jupyter's completion (jedi) follows the annotation: `mail.` must offer the methods.
     assert typing.get_type_hints(report.email)["return"] is report.ReportEmail
     assert isinstance(report.email("x"), report.ReportEmail)
+
+
+def test_filtered_frame_drops_its_row_numbers_but_named_index_stays():
+    import pandas as pd
+
+    from notifier.parts import attachment_part
+    from notifier.tables import dataframe_html
+
+    frame = pd.DataFrame({"region": ["N", "S", "E"], "units": [1, 2, 3]})
+    filtered = frame[frame["units"] > 1]  # index [1, 2]: row numbers, not data
+    assert attachment_part(filtered, "f.csv").data == b"region,units\nS,2\nE,3\n"
+    assert "<th" not in dataframe_html(filtered).split("</thead>")[1]
+    named = filtered.set_index("region")
+    assert attachment_part(named, "n.csv").data == b"region,units\nS,2\nE,3\n"
+    assert ">S</th>" in dataframe_html(named)
