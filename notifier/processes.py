@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import psutil
 
@@ -35,3 +36,19 @@ def kill_tree(pid: int, *, grace: float = 3.0) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=grace)
     return [proc.pid for proc in tree]
+
+
+def hide_environment_from_children() -> bool:
+    """Linux: make /proc/<this pid>/environ unreadable to other processes of the same user.
+
+    The runner holds SMTP credentials; notebook kernels run as the same user and could
+    otherwise read them from their ancestor's /proc entry. (Root can still read it.)
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0) == 0  # PR_SET_DUMPABLE = 0
+    except (OSError, AttributeError):
+        return False

@@ -59,10 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from notifier.commands.common import announce_outbox, print_results, settings_from_env
     from notifier.notebook_params import check_parameters, parse_cli_value
+    from notifier.processes import hide_environment_from_children
     from notifier.runner import DEFAULT_TIMEOUT, RunRequest
     from notifier.runner import run as run_notebook
     from notifier.transport import transport_for
 
+    hide_environment_from_children()
     if args.timeout is not None and args.timeout <= 0:
         raise NotifierError("--timeout must be a positive number of seconds.", "e.g. --timeout 600")
     target = Path(args.target)

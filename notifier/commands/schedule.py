@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from notifier.commands.common import announce_outbox, settings_from_env
     from notifier.errors import NotifierError
+    from notifier.processes import hide_environment_from_children
     from notifier.scheduler import Daemon
 
+    hide_environment_from_children()
     settings = settings_from_env()
     if args.workers is not None:
         if args.workers < 1:
