@@ -1,0 +1,127 @@
+"""The cause-and-fix texts shared by the SMTP transport and doctor."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+
+import pytest
+
+from notifier.config import Secret, Settings
+from notifier.errors import DeliveryError
+from notifier.smtp_hints import explain, hint, is_timeout
+
+
+def settings(**overrides) -> Settings:
+    values = {"host": "smtp.example.com", "port": 587, "security": "starttls", "user": "me"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_bad_credentials_use_the_provider_hint():
+    gmail = settings(host="smtp.gmail.com", user="me@gmail.com")
+    text = explain(
+        smtplib.SMTPAuthenticationError(535, b"5.7.8 Username and Password not accepted"), gmail
+    )
+    assert "535 5.7.8" in text and "SMTP_USER=me@gmail.com" in text
+    assert "apppasswords" in text  # Gmail's app-password page
+
+    yahoo = settings(provider="yahoo")
+    assert "Yahoo requires an app password" in explain((535, "5.7.0 bad"), yahoo)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        (534, "5.7.9 Application-specific password required"),
+        (534, "5.7.14 Please log in via your web browser"),
+        (535, "5.7.8 Error: authentication failed"),
+    ],
+)
+def test_auth_replies_without_provider_get_the_generic_app_password_advice(reply):
+    text = explain(reply, settings())
+    assert "refused" in text and "app password" in text and "SMTP_PASSWORD" in text
+
+
+def test_password_is_redacted_even_if_the_server_echoes_it():
+    s = settings(password=Secret("hunter2-secret"))
+    text = explain((535, "5.7.8 bad password hunter2-secret"), s)
+    assert "hunter2-secret" not in text and "***" in text
+
+
+def test_port_25_timeout_says_providers_block_it():
+    text = explain(TimeoutError("timed out"), settings(port=25, security="none"), stage="connect")
+    assert "block outgoing port 25" in text and "SMTP_PORT=587" in text
+    assert "SMTP_SECURITY=starttls" in text
+
+
+def test_wrong_version_on_ssl_means_starttls_port():
+    err = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    err.reason = "WRONG_VERSION_NUMBER"
+    text = explain(err, settings(security="ssl"))
+    assert "SMTP_SECURITY=starttls" in text and "465" in text
+
+    record = ssl.SSLError(1, "[SSL] record layer failure (_ssl.c:1000)")
+    assert "SMTP_SECURITY=starttls" in explain(record, settings(security="ssl"))
+
+
+def test_silence_on_465_means_implicit_tls():
+    disconnected = smtplib.SMTPServerDisconnected("Connection unexpectedly closed: timed out")
+    assert is_timeout(disconnected)
+    text = explain(disconnected, settings(port=465, security="starttls"), stage="greeting")
+    assert "port 465 expects implicit TLS" in text and "SMTP_SECURITY=ssl" in text
+
+    garbage = smtplib.SMTPConnectError(-1, b"\x15\x03\x03\x00\x02\x02\x16")
+    assert "SMTP_SECURITY=ssl" in explain(garbage, settings(port=465, security="none"))
+
+
+def test_certificate_failures_name_the_host_and_suggest_ca_file():
+    err = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    err.verify_code, err.verify_message = 20, "unable to get local issuer certificate"
+    text = explain(err, settings())
+    assert "smtp.example.com" in text and "SMTP_CA_FILE" in text
+    assert "SMTP_VERIFY" not in text
+
+    mismatch = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    mismatch.verify_code = 62
+    mismatch.verify_message = "Hostname mismatch, certificate is not valid for 'mail.example.com'."
+    text = explain(mismatch, settings(host="mail.example.com"))
+    assert "different name" in text and "SMTP_HOST" in text
+
+
+def test_dns_refused_and_generic_network_errors():
+    dns = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    text = explain(dns, settings(host="smtp.gmial.com"))
+    assert "smtp.gmial.com" in text and "spelling of SMTP_HOST" in text
+    assert not hint(dns, settings()).transient
+
+    refused = explain(ConnectionRefusedError(111, "Connection refused"), settings())
+    assert "refused" in refused and "SMTP_PORT" in refused
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ((530, "5.7.0 Must issue a STARTTLS command first"), "SMTP_SECURITY=starttls"),
+        ((538, "5.7.11 Encryption required for requested authentication mechanism"), "encrypted"),
+        ((553, "5.7.1 <x@other.com>: Sender address rejected: not owned by user me"), "SMTP_FROM"),
+        ((554, "5.7.1 Relay access denied"), "SMTP_FROM"),
+        ((550, "5.7.1 Sending as this address is not allowed"), "SMTP_FROM"),
+        ((552, "5.3.4 Message size exceeds fixed limit"), "smaller attachments"),
+        ((421, "4.7.0 Too many connections"), "SMTP_RATE_PER_MINUTE"),
+    ],
+)
+def test_classic_replies(reply, expected):
+    assert expected in explain(reply, settings(), stage="mail")
+
+
+def test_notifier_errors_keep_their_fix():
+    error = DeliveryError("No STARTTLS.", "set SMTP_SECURITY=ssl")
+    assert explain(error, settings()) == "No STARTTLS. Fix: set SMTP_SECURITY=ssl"
+
+
+def test_transient_classification():
+    assert hint((451, "4.3.0 later"), settings()).transient
+    assert not hint((550, "5.1.1 unknown"), settings(), stage="rcpt").transient
+    assert hint(TimeoutError(), settings(), stage="data").transient
