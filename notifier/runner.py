@@ -349,15 +349,24 @@ def deliver(
     planned: Sequence[PlannedEmail],
     transport: Transport,
     already_accepted: Callable[[str], set[str]] | None = None,
+    on_result: Callable[[PlannedEmail, SendResult], None] | None = None,
 ) -> list[tuple[PlannedEmail, SendResult]]:
-    """Send over one transport batch, leaving out recipients that already have the email."""
+    """Send in one transport batch, leaving out recipients that already have the email.
+
+    ``on_result`` sees each email's result as soon as the server has answered it.
+    """
     batch: list[tuple[PlannedEmail, Outgoing]] = []
     for item in planned:
         done = already_accepted(item.key) if already_accepted else set()
         remaining = tuple(r for r in item.outgoing.recipients if r not in done)
         if remaining:
             batch.append((item, replace(item.outgoing, recipients=remaining)))
-    results = transport.send([outgoing for _, outgoing in batch]) if batch else []
+    if not batch:
+        return []
+    callback = None
+    if on_result is not None:
+        callback = lambda index, result: on_result(batch[index][0], result)  # noqa: E731
+    results = transport.send([outgoing for _, outgoing in batch], callback)
     return [(item, result) for (item, _), result in zip(batch, results, strict=True)]
 
 

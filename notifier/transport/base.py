@@ -9,7 +9,7 @@ a partial refusal is reported and never swallowed.
 from __future__ import annotations
 
 import email.policy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from functools import cached_property
@@ -93,12 +93,21 @@ class SendResult:
         return lines
 
 
+ResultCallback = Callable[[int, SendResult], None]
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Delivers composed messages. Implementations: smtp, outbox, memory."""
 
     name: str
 
-    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
-        """Deliver ``messages`` (over one connection where that applies), one result each."""
+    def send(
+        self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
+    ) -> list[SendResult]:
+        """Deliver ``messages`` (over one connection where that applies), one result each.
+
+        ``on_result(index, result)`` is called as soon as each message has its answer, so
+        callers can record deliveries before the batch ends (nothing is lost on a crash).
+        """
         ...

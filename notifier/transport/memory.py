@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from notifier.transport.base import Outgoing, RecipientResult, SendResult
+from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
 
 
 class MemoryTransport:
@@ -15,7 +15,9 @@ class MemoryTransport:
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
 
-    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
+    def send(
+        self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
+    ) -> list[SendResult]:
         results = []
         for out in messages:
             self.sent.append(out)
@@ -29,4 +31,6 @@ class MemoryTransport:
                     ],
                 )
             )
+            if on_result is not None:
+                on_result(len(results) - 1, results[-1])
         return results

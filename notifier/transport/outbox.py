@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from notifier.preview import render_preview
-from notifier.transport.base import Outgoing, RecipientResult, SendResult
+from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -33,7 +33,9 @@ class OutboxTransport:
     def __init__(self, directory: str | os.PathLike[str] = "outbox") -> None:
         self.directory = Path(directory)
 
-    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
+    def send(
+        self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
+    ) -> list[SendResult]:
         self.directory.mkdir(parents=True, exist_ok=True)
         results = []
         for out in messages:
@@ -55,6 +57,8 @@ class OutboxTransport:
                     location=str(preview.resolve()),
                 )
             )
+            if on_result is not None:
+                on_result(len(results) - 1, results[-1])
         self.write_index()
         return results
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from notifier.config import Settings, redact
 from notifier.errors import DeliveryError
 from notifier.smtp_hints import Hint, hint
-from notifier.transport.base import Outgoing, RecipientResult, SendResult
+from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
 
 __all__ = [
     "DailyLimit",
@@ -471,8 +471,13 @@ class SMTPTransport:
 
     # -- public ------------------------------------------------------------------------------
 
-    def send(self, messages: Sequence[Outgoing]) -> list[SendResult]:
-        """Deliver ``messages`` over one connection; one :class:`SendResult` each, in order."""
+    def send(
+        self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
+    ) -> list[SendResult]:
+        """Deliver ``messages`` over one connection; one :class:`SendResult` each, in order.
+
+        ``on_result(index, result)`` runs as soon as each message has its answer.
+        """
         if isinstance(messages, Outgoing):
             raise TypeError("send() takes a sequence of Outgoing; wrap a single one in a list")
         batch = list(messages)
@@ -482,18 +487,24 @@ class SMTPTransport:
         if not batch:
             return []
         results: list[SendResult] = []
+
+        def emit(result: SendResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(len(results) - 1, result)
+
         refusal = plaintext_auth_error(self.settings)
         fatal: str | None = str(hint(refusal, self.settings)) if refusal else None
         try:
             for out in batch:
                 if fatal is not None:
-                    results.append(self._failed(out, fatal))
+                    emit(self._failed(out, fatal))
                     continue
                 try:
-                    results.append(self._send_one(out))
+                    emit(self._send_one(out))
                 except _Abort as abort:
                     fatal = abort.text
-                    results.append(abort.result)
+                    emit(abort.result)
         finally:
             self.close()
         if fatal is not None:
