@@ -71,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
     if target.suffix != ".ipynb" and not target.is_file():
         from notifier.commands.jobrun import run_job_now
 
+        if not Path(args.jobs).is_file():
+            raise NotifierError(
+                f"{args.target!r} is not a notebook, and there is no {args.jobs} to find a job "
+                "of that name in.",
+                "pass the path of an .ipynb file, or run from the folder of your jobs.yaml "
+                "(or --jobs FILE)",
+            )
+
         return run_job_now(args)
 
     settings = settings_from_env()

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise NotifierError("--workers must be at least 1.", "e.g. --workers 4")
         settings = settings.with_overrides(workers=args.workers)
+    daemon = Daemon(args.jobs_file, settings)  # a bad jobs.yaml stops here (exit 2)
     announce_outbox(settings)
-    Daemon(args.jobs_file, settings).run_forever()
+    daemon.run_forever()
     return 0
