@@ -1,0 +1,689 @@
+"""Ledger tests on real SQLite files, with real subprocesses for concurrency and crashes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psutil
+import pytest
+
+from notifier.errors import NotifierError
+from notifier.ledger import SCHEMA_VERSION, Ledger, LedgerError, Run
+
+ROOT = Path(__file__).resolve().parents[1]
+UTC = timezone.utc
+T0 = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+
+MakeLedger = Callable[..., Ledger]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def make_ledger(db_url: str) -> Iterator[MakeLedger]:
+    opened: list[Ledger] = []
+
+    def make(**kwargs: object) -> Ledger:
+        ledger = Ledger(db_url, **kwargs)  # type: ignore[arg-type]
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def ledger(make_ledger: MakeLedger) -> Ledger:
+    return make_ledger()
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+class Clock:
+    """A settable clock for Ledger(clock=...)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def race(count: int, work: Callable[[int], object]) -> list[object]:
+    """Run ``work(i)`` in ``count`` threads released together; return results in order."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    return results
+
+
+def finished_run(ledger: Ledger, job: str, slot: datetime, status: str, **kw: str) -> Run:
+    run = ledger.claim(job, slot)
+    assert run is not None
+    assert ledger.finish(run.run_id, status, **kw)
+    done = ledger.get(run.run_id)
+    assert done is not None
+    return done
+
+
+# ------------------------------------------------------------------ claiming
+
+
+def test_claim_twice_second_returns_none(ledger: Ledger) -> None:
+    first = ledger.claim("daily", T0, recipients=["a@example.com", "b@example.com"])
+    assert first is not None
+    assert first.job == "daily"
+    assert first.slot == T0
+    assert first.status == "claimed"
+    assert first.trigger == "schedule"
+    assert first.attempt == 1
+    assert first.owner == ledger.owner
+    assert first.recipients == ("a@example.com", "b@example.com")
+    assert first.manual is False
+    assert ledger.claim("daily", T0) is None
+    assert ledger.claim("daily", T0, trigger="catch_up") is None
+    assert [r.run_id for r in ledger.history()] == [first.run_id]
+
+
+def test_two_owners_on_one_file_exactly_one_wins(make_ledger: MakeLedger) -> None:
+    a = make_ledger(owner="host-a:1:1-a")
+    b = make_ledger(owner="host-b:2:2-b")
+    won_a = a.claim("daily", T0)
+    won_b = b.claim("daily", T0)
+    assert won_a is not None and won_a.owner == "host-a:1:1-a"
+    assert won_b is None
+    stored = b.find("daily", T0)
+    assert stored is not None and stored.owner == "host-a:1:1-a"
+    # the next slot is free for whoever comes first
+    later = b.claim("daily", T0 + timedelta(days=1))
+    assert later is not None and later.owner == "host-b:2:2-b"
+
+
+def test_threads_with_separate_ledgers_claim_each_slot_once(make_ledger: MakeLedger) -> None:
+    ledgers = [make_ledger(owner=f"thread-host:{i}:0-x") for i in range(4)]
+
+    def claim_all(i: int) -> list[int]:
+        slots = (T0 + timedelta(minutes=n) for n in range(30))
+        return [n for n, slot in enumerate(slots) if ledgers[i].claim("t", slot) is not None]
+
+    won = race(len(ledgers), claim_all)
+    assert sorted(n for ns in won for n in ns) == list(range(30))  # type: ignore[attr-defined]
+
+
+def test_timestamps_are_aware_utc_and_zones_compare_by_instant(ledger: Ledger) -> None:
+    berlin_summer = timezone(timedelta(hours=2))
+    local = datetime(2024, 5, 6, 10, 0, tzinfo=berlin_summer)  # == T0
+    run = ledger.claim("daily", local)
+    assert run is not None
+    assert run.slot == T0
+    assert run.slot.tzinfo is UTC
+    assert run.slot.hour == 8
+    assert ledger.claim("daily", T0) is None  # same instant written in UTC
+    assert ledger.mark_running(run.run_id)
+    assert ledger.finish(run.run_id, "succeeded")
+    stored = ledger.get(run.run_id)
+    assert stored is not None
+    for value in (
+        stored.slot,
+        stored.claimed_at,
+        stored.started_at,
+        stored.finished_at,
+        stored.heartbeat_at,
+    ):
+        assert value is not None
+        assert value.tzinfo is UTC
+    assert stored.claimed_at <= stored.started_at <= stored.finished_at  # type: ignore[operator]
+    assert ledger.last_slot("daily") == T0
+    assert ledger.last_slot("daily").tzinfo is UTC  # type: ignore[union-attr]
+    # microseconds survive the round trip
+    precise = T0 + timedelta(seconds=1, microseconds=123456)
+    again = ledger.claim("daily", precise)
+    assert again is not None and ledger.get(again.run_id).slot == precise  # type: ignore[union-attr]
+
+
+def test_naive_datetimes_and_bad_values_are_refused(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ledger.claim("daily", datetime(2024, 5, 6, 8, 0))
+    with pytest.raises(ValueError, match="trigger"):
+        ledger.claim("daily", T0, trigger="cron")
+    run = ledger.claim("daily", T0)
+    assert run is not None
+    with pytest.raises(ValueError, match="status"):
+        ledger.finish(run.run_id, "running")
+    with pytest.raises(TypeError, match="summary"):
+        ledger.finish(run.run_id, "failed", error=RuntimeError("raw exception"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status"):
+        ledger.record_delivery(run.run_id, "k", "<m@x>", "a@example.com", "sent")
+    assert ledger.get(run.run_id).status == "claimed"  # type: ignore[union-attr]
+
+
+def test_manual_runs_never_take_a_scheduled_slot(ledger: Ledger) -> None:
+    manual = ledger.claim("daily", T0, trigger="manual")
+    assert manual is not None and manual.manual is True and manual.slot == T0
+    scheduled = ledger.claim("daily", T0)
+    assert scheduled is not None and scheduled.manual is False and scheduled.slot == T0
+    # a second manual request in the same microsecond is moved by one microsecond
+    manual2 = ledger.claim("daily", T0, trigger="manual")
+    assert manual2 is not None
+    assert manual2.slot == T0 + timedelta(microseconds=1)
+    assert ledger.claim("daily", T0) is None
+    # manual runs do not count as scheduled slots
+    assert ledger.claim("daily", T0 + timedelta(hours=1), trigger="manual") is not None
+    assert ledger.last_slot("daily") == T0
+    assert ledger.find("daily", T0).run_id == scheduled.run_id  # type: ignore[union-attr]
+    assert ledger.find("daily", T0, manual=True).run_id == manual.run_id  # type: ignore[union-attr]
+
+
+def test_returned_values_are_frozen_plain_data(ledger: Ledger) -> None:
+    run = ledger.claim("daily", T0)
+    assert run is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.status = "succeeded"  # type: ignore[misc]
+    ledger.close()
+    assert run.job == "daily"  # still readable without a database
+
+
+CLAIMER = """
+import json, sys
+from datetime import datetime, timedelta, timezone
+from notifier.ledger import Ledger
+
+url, count = sys.argv[1], int(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+ledger = Ledger(url)  # all processes also race to create the schema
+base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+won = [n for n in range(count) if ledger.claim("race", base + timedelta(minutes=n)) is not None]
+print(json.dumps({"owner": ledger.owner, "won": won}), flush=True)
+"""
+
+
+def test_processes_racing_on_one_sqlite_file_claim_each_slot_exactly_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    slots, workers = 50, 4
+    procs = [spawn(CLAIMER, db_url, str(slots)) for _ in range(workers)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:  # release them as close together as possible
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert "locked" not in err, err
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    won = [n for result in results for n in result["won"]]
+    assert sorted(won) == list(range(slots))  # every slot once, none twice
+    owners = {result["owner"] for result in results}
+    assert len(owners) == workers
+
+    with Ledger(db_url) as check:
+        rows = check.history("race", limit=None)
+        assert len(rows) == slots
+        assert len({r.slot for r in rows}) == slots
+        assert {r.owner for r in rows} <= owners
+        by_owner = {r["owner"]: set(r["won"]) for r in results}
+        base = datetime(2024, 1, 1, tzinfo=UTC)
+        for row in rows:
+            assert int((row.slot - base).total_seconds() // 60) in by_owner[row.owner]
+    journal = sqlite3.connect(tmp_path / "ledger.db").execute("PRAGMA journal_mode").fetchone()
+    assert journal == ("wal",)
+
+
+# ------------------------------------------------------------------ reclaim
+
+
+def interrupted_run(ledger: Ledger, job: str = "daily", slot: datetime = T0) -> Run:
+    run = ledger.claim(job, slot)
+    assert run is not None
+    assert ledger.mark_running(run.run_id)
+    assert ledger.finish(run.run_id, "interrupted", error="killed")
+    return run
+
+
+def test_reclaim_is_compare_and_set(make_ledger: MakeLedger) -> None:
+    a = make_ledger(owner="host-a:1:1-a")
+    b = make_ledger(owner="host-b:2:2-b")
+    run = interrupted_run(a)
+    first = b.reclaim(run.run_id, trigger="retry")
+    second = a.reclaim(run.run_id, trigger="retry")
+    assert first is not None and second is None
+    assert first.run_id == run.run_id
+    assert first.attempt == 2
+    assert first.owner == "host-b:2:2-b"
+    assert first.status == "claimed"
+    assert first.trigger == "retry"
+    assert first.error is None
+    assert first.notes == "attempt 1 interrupted: killed"
+    assert first.slot == T0
+    # the old owner can no longer touch it
+    assert a.finish(run.run_id, "succeeded") is False
+    assert a.heartbeat(run.run_id) is False
+    assert b.mark_running(run.run_id) is True
+    assert b.finish(run.run_id, "failed", error="notebook raised ValueError")
+    # a failed run may be retried again; a stale attempt number is refused
+    assert a.reclaim(run.run_id, trigger="retry", attempt=1) is None
+    third = a.reclaim(run.run_id, trigger="retry", attempt=2)
+    assert third is not None and third.attempt == 3 and third.owner == "host-a:1:1-a"
+    assert third.notes == "attempt 2 failed: notebook raised ValueError"
+    # history keeps one row per slot
+    assert [r.attempt for r in a.history()] == [3]
+
+
+def test_reclaim_race_between_threads_has_one_winner(make_ledger: MakeLedger) -> None:
+    ledgers = [make_ledger(owner=f"host-{i}:{i}:0-x") for i in range(4)]
+    for n in range(10):
+        run = interrupted_run(ledgers[0], slot=T0 + timedelta(days=n))
+        results = race(
+            len(ledgers),
+            lambda i, run_id=run.run_id: ledgers[i].reclaim(run_id, trigger="retry"),
+        )
+        winners = [r for r in results if isinstance(r, Run)]
+        assert results.count(None) == len(ledgers) - 1
+        assert len(winners) == 1
+        assert winners[0].attempt == 2
+        stored = ledgers[0].get(run.run_id)
+        assert stored is not None and stored.owner == winners[0].owner
+
+
+def test_reclaim_refuses_active_and_finished_runs(ledger: Ledger) -> None:
+    active = ledger.claim("daily", T0)
+    assert active is not None
+    assert ledger.reclaim(active.run_id, trigger="retry") is None
+    done = finished_run(ledger, "daily", T0 + timedelta(days=1), "succeeded")
+    assert ledger.reclaim(done.run_id, trigger="retry") is None
+    assert ledger.reclaim("no-such-run", trigger="retry") is None
+    assert ledger.get(active.run_id).attempt == 1  # type: ignore[union-attr]
+
+
+def test_finish_and_heartbeat_only_for_the_owner(make_ledger: MakeLedger) -> None:
+    clock = Clock(T0)
+    a = make_ledger(owner="host-a:1:1-a", clock=clock)
+    b = make_ledger(owner="host-b:2:2-b")
+    run = a.claim("daily", T0, recipients=["ops@example.com"])
+    assert run is not None
+    assert b.mark_running(run.run_id) is False
+    clock.now = T0 + timedelta(seconds=5)
+    assert a.mark_running(run.run_id) is True
+    assert a.mark_running(run.run_id) is False  # already running
+    assert b.heartbeat(run.run_id) is False
+    clock.now = T0 + timedelta(seconds=7)
+    assert a.heartbeat(run.run_id) is True
+    assert b.finish(run.run_id, "succeeded") is False
+    clock.now = T0 + timedelta(seconds=12.5)
+    assert a.finish(
+        run.run_id,
+        "suppressed",
+        output_path="runs/daily/out.ipynb",
+        alert_key="abc123",
+        notes="suppressed by cooldown until 09:00",
+    )
+    stored = b.get(run.run_id)
+    assert stored is not None
+    assert stored.status == "suppressed"
+    assert stored.claimed_at == T0
+    assert stored.started_at == T0 + timedelta(seconds=5)
+    assert stored.heartbeat_at == T0 + timedelta(seconds=7)
+    assert stored.finished_at == T0 + timedelta(seconds=12.5)
+    assert stored.duration_s == 7.5
+    assert stored.output_path == "runs/daily/out.ipynb"
+    assert stored.alert_key == "abc123"
+    assert stored.notes == "suppressed by cooldown until 09:00"
+    assert stored.error is None
+    assert a.finish(run.run_id, "failed") is False  # already finished
+
+
+# ------------------------------------------------------------------ recovery
+
+HOLDER = """
+import sys, time
+from datetime import datetime, timezone
+from notifier.ledger import Ledger
+
+ledger = Ledger(sys.argv[1])
+run = ledger.claim(sys.argv[2], datetime.fromisoformat(sys.argv[3]))
+ledger.mark_running(run.run_id)
+print(run.run_id, flush=True)
+time.sleep(120)
+"""
+
+
+def test_recover_interrupted_after_sigkill_but_not_live_owner(db_url: str, ledger: Ledger) -> None:
+    doomed = spawn(HOLDER, db_url, "doomed", T0.isoformat())
+    zombie = spawn(HOLDER, db_url, "zombie", T0.isoformat())
+    alive = spawn(HOLDER, db_url, "alive", T0.isoformat())
+    procs = (doomed, zombie, alive)
+    try:
+        ids = []
+        for proc in procs:
+            assert proc.stdout is not None
+            ids.append(proc.stdout.readline().strip())
+        doomed_id, zombie_id, alive_id = ids
+        assert all(ids), [p.stderr.read() for p in procs if p.stderr]  # type: ignore[union-attr]
+        doomed.kill()  # SIGKILL: no cleanup code runs
+        doomed.wait(30)  # reaped: the pid no longer exists
+        zombie.kill()  # killed but not reaped: the pid still exists, as a zombie
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = ledger.get(doomed_id)
+        assert before is not None and before.status == "running"
+
+        recovered = ledger.recover_interrupted()
+        assert sorted(r.run_id for r in recovered) == sorted([doomed_id, zombie_id])
+        assert {r.status for r in recovered} == {"interrupted"}
+        by_id = {r.run_id: r for r in recovered}
+        assert by_id[doomed_id].owner == before.owner
+        assert by_id[doomed_id].error == f"owner process {before.owner} is gone"
+        assert ledger.get(alive_id).status == "running"  # type: ignore[union-attr]
+        assert ledger.recover_interrupted() == []  # nothing left to take
+
+        # the interrupted slot can be re-attempted, the live one cannot
+        again = ledger.reclaim(doomed_id, trigger="retry")
+        assert again is not None and again.attempt == 2 and again.owner == ledger.owner
+        assert ledger.reclaim(alive_id, trigger="retry") is None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
+def test_recover_detects_reused_pid_by_start_time(make_ledger: MakeLedger) -> None:
+    host, pid = socket.gethostname(), os.getpid()
+    # same host and pid as this (live) process but another start time: a previous
+    # process whose pid we inherited, e.g. a restarted container's pid 1
+    previous = make_ledger(owner=f"{host}:{pid}:1000-old")
+    sibling = make_ledger()  # another Ledger in this very process: alive
+    me = make_ledger()
+    gone = previous.claim("daily", T0)
+    live = sibling.claim("daily", T0 + timedelta(days=1))
+    assert gone is not None and live is not None
+    recovered = me.recover_interrupted()
+    assert [r.run_id for r in recovered] == [gone.run_id]
+    assert me.get(live.run_id).status == "claimed"  # type: ignore[union-attr]
+
+
+def test_recover_stale_heartbeat_from_another_host(make_ledger: MakeLedger) -> None:
+    now = datetime.now(UTC)
+    stale_node = make_ledger(owner="node-7:4242:1-a", clock=Clock(now - timedelta(seconds=300)))
+    slow_clock = Clock(now - timedelta(seconds=300))
+    slow_node = make_ledger(owner="node-8:4242:1-b", clock=slow_clock)
+    me = make_ledger()
+    stale = stale_node.claim("alert", T0)
+    slow = slow_node.claim("alert", T0 + timedelta(minutes=5))
+    assert stale is not None and slow is not None
+    assert slow_node.mark_running(slow.run_id)
+    # a long-running job on another host that keeps sending heartbeats is left alone
+    slow_clock.now = now - timedelta(seconds=10)
+    assert slow_node.heartbeat(slow.run_id)
+    assert me.recover_interrupted(stale_after=600) == []
+    recovered = me.recover_interrupted(stale_after=120)
+    assert [r.run_id for r in recovered] == [stale.run_id]
+    assert recovered[0].status == "interrupted"
+    assert recovered[0].error is not None
+    assert recovered[0].error.startswith("no heartbeat from node-7:4242:1-a since ")
+    assert me.get(slow.run_id).status == "running"  # type: ignore[union-attr]
+    # its heartbeat fails once another node declared it interrupted
+    assert me.recover_interrupted(stale_after=5)[0].run_id == slow.run_id
+    assert slow_node.heartbeat(slow.run_id) is False
+
+
+def test_two_recovering_daemons_take_each_run_once(make_ledger: MakeLedger) -> None:
+    dead = make_ledger(owner="gone-host:1:1-a", clock=Clock(T0))
+    for n in range(20):
+        assert dead.claim("alert", T0 + timedelta(minutes=n)) is not None
+    recoverers = [make_ledger(owner=f"r{i}:{i}:0-x") for i in range(3)]
+    results = race(len(recoverers), lambda i: recoverers[i].recover_interrupted(stale_after=60))
+    taken = [r.slot for rs in results for r in rs]  # type: ignore[attr-defined]
+    assert sorted(taken) == [T0 + timedelta(minutes=n) for n in range(20)]
+
+
+def test_mark_interrupted_mine_on_shutdown(make_ledger: MakeLedger) -> None:
+    me = make_ledger(owner="host-a:1:1-a")
+    other = make_ledger(owner="host-b:2:2-b")
+    claimed = me.claim("daily", T0)
+    running = me.claim("daily", T0 + timedelta(days=1))
+    done = finished_run(me, "daily", T0 + timedelta(days=2), "succeeded")
+    theirs = other.claim("daily", T0 + timedelta(days=3))
+    assert claimed and running and theirs
+    assert me.mark_running(running.run_id)
+    marked = me.mark_interrupted_mine()
+    assert sorted(r.run_id for r in marked) == sorted([claimed.run_id, running.run_id])
+    assert {r.status for r in marked} == {"interrupted"}
+    assert me.get(done.run_id).status == "succeeded"  # type: ignore[union-attr]
+    assert me.get(theirs.run_id).status == "claimed"  # type: ignore[union-attr]
+    assert me.mark_interrupted_mine() == []
+    # the run went on to finish before anyone reclaimed it: the real outcome wins
+    assert me.finish(running.run_id, "succeeded")
+    assert me.get(running.run_id).status == "succeeded"  # type: ignore[union-attr]
+    # once another process reclaimed it, the late finish is refused
+    assert other.reclaim(claimed.run_id, trigger="retry") is not None
+    assert me.finish(claimed.run_id, "succeeded") is False
+
+
+# ---------------------------------------------------------------- deliveries
+
+
+def test_accepted_recipients_across_attempts(make_ledger: MakeLedger) -> None:
+    first = make_ledger(owner="host-a:1:1-a")
+    second = make_ledger(owner="host-b:2:2-b")
+    run = first.claim("daily", T0, recipients=["a@x.org", "b@x.org", "c@x.org"])
+    assert run is not None and first.mark_running(run.run_id)
+    first.record_delivery(run.run_id, "report-0", "<1@x>", "a@x.org", "accepted", 250, "2.0.0 OK")
+    first.record_delivery(run.run_id, "report-0", "<1@x>", "b@x.org", "failed", 451, "try later")
+    first.record_delivery(run.run_id, "report-0", "<1@x>", "c@x.org", "refused", 550, "no user")
+    first.record_delivery(run.run_id, "summary-1", "<2@x>", "a@x.org", "outbox")
+    assert first.accepted_recipients("daily", T0, "report-0") == {"a@x.org"}
+    assert first.accepted_recipients("daily", T0, "summary-1") == {"a@x.org"}
+    assert first.accepted_recipients("daily", T0 + timedelta(days=1), "report-0") == set()
+    assert first.accepted_recipients("daily", T0, "report-0", manual=True) == set()
+    assert first.accepted_recipients("weekly", T0, "report-0") == set()
+
+    # crash, recovery and a second attempt of the same slot by another process
+    assert first.finish(run.run_id, "interrupted")
+    retry = second.reclaim(run.run_id, trigger="retry")
+    assert retry is not None
+    assert second.accepted_recipients("daily", T0, "report-0") == {"a@x.org"}
+    second.record_delivery(run.run_id, "report-0", "<3@x>", "b@x.org", "accepted", 250, "OK")
+    assert second.accepted_recipients("daily", T0, "report-0") == {"a@x.org", "b@x.org"}
+
+    rows = second.deliveries(run.run_id)
+    assert [(d.attempt, d.recipient, d.status, d.code) for d in rows] == [
+        (1, "a@x.org", "accepted", 250),
+        (1, "b@x.org", "failed", 451),
+        (1, "c@x.org", "refused", 550),
+        (1, "a@x.org", "outbox", None),
+        (2, "b@x.org", "accepted", 250),
+    ]
+    assert rows[1].reply == "try later"
+    assert rows[3].reply == ""
+    assert all(d.at.tzinfo is UTC for d in rows)
+    assert all(d.run_id == run.run_id for d in rows)
+
+
+def test_record_delivery_for_unknown_run_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="no run with run_id 'nope'"):
+        ledger.record_delivery("nope", "k", "<m@x>", "a@x.org", "accepted")
+
+
+# ------------------------------------------------------------------- queries
+
+
+def test_history_order_filter_limit(make_ledger: MakeLedger) -> None:
+    ledger = make_ledger()
+    a0 = finished_run(ledger, "a", T0, "succeeded")
+    a1 = finished_run(ledger, "a", T0 + timedelta(hours=1), "failed", error="boom")
+    b0 = finished_run(ledger, "b", T0 + timedelta(minutes=30), "skipped")
+    a2 = ledger.claim("a", T0 + timedelta(hours=2))
+    a3 = interrupted_run(ledger, "a", T0 + timedelta(hours=3))
+    # claimed later but for an earlier slot (catch-up): ordered by slot
+    a_old = ledger.claim("a", T0 - timedelta(days=1), trigger="catch_up")
+    assert a2 is not None and a_old is not None
+
+    assert [r.run_id for r in ledger.history()] == [
+        a3.run_id,
+        a2.run_id,
+        a1.run_id,
+        b0.run_id,
+        a0.run_id,
+        a_old.run_id,
+    ]
+    assert [r.run_id for r in ledger.history("a", limit=2)] == [a3.run_id, a2.run_id]
+    assert [r.run_id for r in ledger.history("b")] == [b0.run_id]
+    assert [r.run_id for r in ledger.history(failed=True)] == [a3.run_id, a1.run_id]
+    assert [r.run_id for r in ledger.history("b", failed=True)] == []
+    assert ledger.history("nobody") == []
+    assert len(ledger.history(limit=None)) == 6
+
+
+def test_last_queries(ledger: Ledger) -> None:
+    assert ledger.last_run("alert") is None
+    assert ledger.last_slot("alert") is None
+    assert ledger.last_finished("alert") is None
+    sent = finished_run(ledger, "alert", T0, "succeeded", alert_key="k1")
+    finished_run(ledger, "alert", T0 + timedelta(minutes=5), "suppressed", alert_key="k1")
+    other = finished_run(ledger, "alert", T0 + timedelta(minutes=10), "succeeded", alert_key="k2")
+    failed = finished_run(ledger, "alert", T0 + timedelta(minutes=15), "failed")
+    running = ledger.claim("alert", T0 + timedelta(minutes=20), trigger="catch_up")
+    manual = ledger.claim("alert", T0 + timedelta(minutes=25), trigger="manual")
+    assert running is not None and manual is not None
+
+    assert ledger.last_alert("alert", "k1").run_id == sent.run_id  # type: ignore[union-attr]
+    assert ledger.last_alert("alert", "k2").run_id == other.run_id  # type: ignore[union-attr]
+    assert ledger.last_alert("alert", "k3") is None
+    assert ledger.last_finished("alert").run_id == failed.run_id  # type: ignore[union-attr]
+    assert ledger.last_run("alert").run_id == manual.run_id  # type: ignore[union-attr]
+    assert ledger.last_slot("alert") == T0 + timedelta(minutes=20)
+    # a retried scheduled slot still counts as taken
+    assert ledger.finish(running.run_id, "interrupted")
+    assert ledger.reclaim(running.run_id, trigger="retry") is not None
+    assert ledger.last_slot("alert") == T0 + timedelta(minutes=20)
+    assert ledger.last_slot("other-job") is None
+
+
+def test_purge_returns_paths_and_removes_deliveries(ledger: Ledger) -> None:
+    old = ledger.claim("daily", T0)
+    assert old is not None
+    ledger.record_delivery(old.run_id, "r", "<1@x>", "a@x.org", "accepted", 250, "OK")
+    assert ledger.finish(old.run_id, "succeeded", output_path="runs/daily/1.ipynb")
+    no_file = finished_run(ledger, "daily", T0 + timedelta(days=1), "failed")
+    old_active = ledger.claim("daily", T0 + timedelta(days=2))
+    keep = ledger.claim("daily", T0 + timedelta(days=10))
+    other_job = ledger.claim("weekly", T0)
+    assert old_active and keep and other_job
+    ledger.record_delivery(keep.run_id, "r", "<2@x>", "a@x.org", "accepted")
+    assert ledger.finish(keep.run_id, "succeeded", output_path="runs/daily/10.ipynb")
+    assert ledger.finish(other_job.run_id, "succeeded", output_path="runs/weekly/1.ipynb")
+
+    paths = ledger.purge("daily", T0 + timedelta(days=5))
+    assert paths == ["runs/daily/1.ipynb"]
+    assert ledger.get(old.run_id) is None
+    assert ledger.get(no_file.run_id) is None
+    assert ledger.deliveries(old.run_id) == []
+    assert ledger.accepted_recipients("daily", T0, "r") == set()
+    assert ledger.get(old_active.run_id) is not None  # active runs are never purged
+    assert [d.message_id for d in ledger.deliveries(keep.run_id)] == ["<2@x>"]
+    assert ledger.get(other_job.run_id) is not None
+    assert ledger.purge("daily", T0 + timedelta(days=5)) == []
+    # the purged slot is free again
+    assert ledger.claim("daily", T0) is not None
+
+
+# -------------------------------------------------------------- db handling
+
+
+def test_schema_version_and_reopen(db_url: str, tmp_path: Path) -> None:
+    with Ledger(db_url) as first:
+        assert first.schema_version == SCHEMA_VERSION
+        run = first.claim("daily", T0)
+    assert run is not None
+    with Ledger(db_url) as again:
+        assert again.get(run.run_id) is not None
+        assert again.claim("daily", T0) is None
+    with sqlite3.connect(tmp_path / "ledger.db") as raw:
+        raw.execute("UPDATE notifier_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="schema version 99") as info:
+        Ledger(db_url)
+    assert info.value.fix is not None and "upgrade notifier" in info.value.fix
+
+
+def test_unusable_urls_give_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError) as bad:
+        Ledger("this is not a url")
+    assert "NOTIFIER_DB_URL" in str(bad.value)
+    assert isinstance(bad.value, NotifierError)
+
+    missing_dir = tmp_path / "no-such-dir" / "ledger.db"
+    with pytest.raises(LedgerError) as nodir:
+        Ledger(f"sqlite:///{missing_dir}")
+    assert "unable to open database file" in nodir.value.message
+    assert nodir.value.fix is not None and "directory" in nodir.value.fix
+
+    # a server that is not there (or a driver that is not installed): the password
+    # never appears in the message
+    with pytest.raises(LedgerError) as down:
+        Ledger("postgresql://notifier:hunter2@127.0.0.1:1/ledger?connect_timeout=2")
+    assert "hunter2" not in str(down.value)
+    assert "127.0.0.1:1" in str(down.value)
+    assert down.value.fix
+
+
+def test_default_owner_format(ledger: Ledger) -> None:
+    host, pid, token = ledger.owner.rsplit(":", 2)
+    assert host == socket.gethostname()
+    assert pid == str(os.getpid())
+    start, nonce = token.split("-")
+    assert start.isdigit() and len(nonce) == 8
