@@ -45,6 +45,11 @@ def alert_key(planned: list[PlannedEmail]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+def _notes(run: Run, text: str) -> str:
+    """This attempt's notes, after what ended the earlier attempt of a re-attempted slot."""
+    return f"{run.notes}; then {text}" if run.attempt > 1 and run.notes else text
+
+
 def request_for(job: Job, run: Run) -> RunRequest:
     """The runner request of a job's slot."""
     return RunRequest(
@@ -131,7 +136,10 @@ class SlotRunner:
         if execution.status == "skipped":
             note = self._maybe_recover(job, run, execution)
             self.ledger.finish(
-                run.run_id, "skipped", output_path=output, notes=f"{execution.skip_reason}{note}"
+                run.run_id,
+                "skipped",
+                output_path=output,
+                notes=_notes(run, f"{execution.skip_reason}{note}"),
             )
             status = "skipped"
         elif execution.status == "succeeded":
@@ -173,29 +181,42 @@ class SlotRunner:
             return "failed"
         if not planned:
             self.ledger.finish(
-                run.run_id, "succeeded", output_path=output, notes="no emails declared"
+                run.run_id, "succeeded", output_path=output, notes=_notes(run, "no emails declared")
             )
             return "succeeded"
         key = alert_key(planned)
         subjects = "; ".join(p.outgoing.subject for p in planned)
         if job.cooldown_seconds:
             last = self.ledger.last_alert(job.name, key)
-            if last is not None and run.slot - last.slot < timedelta(seconds=job.cooldown_seconds):
+            cooling = last is not None and run.slot - last.slot < timedelta(
+                seconds=job.cooldown_seconds
+            )
+            if cooling and not self._told_recovered(job, run):
                 until = last.slot + timedelta(seconds=job.cooldown_seconds)
                 note = f"same alert sent for slot {last.slot.isoformat()}; cooldown until {until.isoformat()}"
                 log.info("%s: %s", job.name, note)
                 self.ledger.finish(
-                    run.run_id, "suppressed", output_path=output, alert_key=key, notes=note
+                    run.run_id,
+                    "suppressed",
+                    output_path=output,
+                    alert_key=key,
+                    notes=_notes(run, note),
                 )
                 return "suppressed"
-        pairs = deliver(
-            planned,
-            self.transport_factory(),
-            already_accepted=lambda email_key: self.ledger.accepted_recipients(
-                job.name, run.slot, email_key, manual=run.manual
-            ),
-        )
-        failed = self._record(run, pairs)
+        transport = self.transport_factory()
+        problems = []
+        for item in planned:
+            # One email at a time, recorded as soon as the server has answered: after a
+            # crash between two emails the re-attempt must not send the first one again.
+            pairs = deliver(
+                [item],
+                transport,
+                already_accepted=lambda email_key: self.ledger.accepted_recipients(
+                    job.name, run.slot, email_key, manual=run.manual
+                ),
+            )
+            problems.append(self._record(run, pairs))
+        failed = "; ".join(p for p in problems if p)[:500]
         status = "failed" if failed else "succeeded"
         self.ledger.finish(
             run.run_id,
@@ -203,7 +224,7 @@ class SlotRunner:
             output_path=output,
             alert_key=key,
             error=f"delivery failed: {failed}" if failed else None,
-            notes=f"sent: {subjects}"[:500],
+            notes=_notes(run, f"sent: {subjects}"[:500]),
         )
         return status
 
@@ -259,11 +280,9 @@ class SlotRunner:
                     "failure email for %s not delivered: %s", execution.request.name, result.error
                 )
 
-    def _maybe_recover(self, job: Job, run: Run, execution: Execution) -> str:
-        """After an alert, the first quiet run mails 'recovered'. Returns a note for the ledger."""
-        if not job.notify_recovery:
-            return ""
-        previous = next(
+    def _previous_outcome(self, job: Job, run: Run) -> Run | None:
+        """The newest other run of the job that alerted, was suppressed or was quiet."""
+        return next(
             (
                 r
                 for r in self.ledger.history(job.name, limit=50)
@@ -271,6 +290,23 @@ class SlotRunner:
             ),
             None,
         )
+
+    def _told_recovered(self, job: Job, run: Run) -> bool:
+        """True when the run before this alert was quiet and the job mails recoveries.
+
+        The recipients were then told it recovered: a new alert is news, whatever the
+        cooldown of the previous one.
+        """
+        if not job.notify_recovery:
+            return False
+        previous = self._previous_outcome(job, run)
+        return previous is not None and previous.status == "skipped"
+
+    def _maybe_recover(self, job: Job, run: Run, execution: Execution) -> str:
+        """After an alert, the first quiet run mails 'recovered'. Returns a note for the ledger."""
+        if not job.notify_recovery:
+            return ""
+        previous = self._previous_outcome(job, run)
         if previous is None or previous.status == "skipped" or not previous.alert_key:
             return ""
         recipients = [*job.to, *job.cc] or list(previous.recipients)
