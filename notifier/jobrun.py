@@ -125,6 +125,7 @@ class SlotRunner:
         try:
             execution = self._execute_with_retries(job, request)
         except NotifierError as error:  # missing notebook, undeclared parameter
+            self._send_failure_before_start(job, run, error)
             self.ledger.finish(run.run_id, "failed", error=error.message)
             return "failed"
         output = str(execution.output_notebook)
@@ -203,19 +204,17 @@ class SlotRunner:
                     notes=_notes(run, note),
                 )
                 return "suppressed"
-        transport = self.transport_factory()
-        problems = []
-        for item in planned:
-            # One email at a time, recorded as soon as the server has answered: after a
-            # crash between two emails the re-attempt must not send the first one again.
-            pairs = deliver(
-                [item],
-                transport,
-                already_accepted=lambda email_key: self.ledger.accepted_recipients(
-                    job.name, run.slot, email_key, manual=run.manual
-                ),
-            )
-            problems.append(self._record(run, pairs))
+        problems: list[str] = []
+        # One connection for the batch; each email is recorded as soon as the server has
+        # answered it, so a crash between two emails never re-sends the first one.
+        deliver(
+            planned,
+            self.transport_factory(),
+            already_accepted=lambda email_key: self.ledger.accepted_recipients(
+                job.name, run.slot, email_key, manual=run.manual
+            ),
+            on_result=lambda item, result: problems.append(self._record(run, [(item, result)])),
+        )
         failed = "; ".join(p for p in problems if p)[:500]
         status = "failed" if failed else "succeeded"
         self.ledger.finish(
@@ -264,6 +263,30 @@ class SlotRunner:
                         )
                 problems.append(result.error.splitlines()[0])
         return "; ".join(problems)[:500]
+
+    def _send_failure_before_start(self, job: Job, run: Run, error: NotifierError) -> None:
+        """A job that cannot even start (notebook gone, parameter renamed) still tells someone."""
+        recipients = list(job.on_failure) or [*job.to, *job.cc]
+        if not recipients:
+            log.warning("%s could not start and has no failure recipients: %s", job.name, error)
+            return
+        body = (
+            f"<h2 style='color:#b00020'>Run failed before it started: {html.escape(job.name)}</h2>"
+            f"<p>{html.escape(error.message)}</p>"
+            + (f"<p><b>Fix:</b> {html.escape(error.fix)}</p>" if error.fix else "")
+            + f"<p>Notebook: {html.escape(str(job.notebook))}<br>Slot: {run.slot.isoformat()}</p>"
+        )
+        outgoing = compose(
+            Email(
+                subject=f"[notifier] FAILED: {job.name}: {error.message}"[:200],
+                to=recipients,
+                html=body,
+            ),
+            default_sender=self.settings.from_address,
+        )
+        for result in self.transport_factory().send([outgoing]):
+            if not result.ok:
+                log.error("failure email for %s not delivered: %s", job.name, result.error)
 
     def _send_failure(self, execution: Execution) -> None:
         message = failure_email(execution, self.settings)

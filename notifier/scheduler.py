@@ -163,9 +163,18 @@ class Daemon:
             replace_existing=True,
         )
 
+    def _interrupted_runs(self) -> list[Run]:
+        """Runs of dead owners (now marked interrupted) and runs stopped by a shutdown."""
+        runs = {run.run_id: run for run in self.ledger.recover_interrupted()}
+        for job in self._jobs.values():
+            for run in self.ledger.history(job.name, limit=20):
+                if run.status == "interrupted" and not run.manual:
+                    runs.setdefault(run.run_id, run)
+        return sorted(runs.values(), key=lambda run: run.slot)
+
     def _recover_interrupted(self) -> None:
         now = self.clock()
-        for run in self.ledger.recover_interrupted():
+        for run in self._interrupted_runs():
             job = self._jobs.get(run.job)
             log.warning(
                 "%s: run %s of slot %s was interrupted (owner %s)",

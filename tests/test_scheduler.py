@@ -518,6 +518,55 @@ jobs:
     assert daemon.ledger.recover_interrupted() == []
 
 
+def test_a_run_interrupted_by_shutdown_is_rerun_at_the_next_start(project: Project) -> None:
+    project.write_jobs(
+        """
+jobs:
+  - name: split
+    notebook: alert.ipynb
+    schedule: "0 8 * * *"
+    timezone: UTC
+    misfire: {policy: run_once, grace: 1h}
+    parameters: {split: true}
+"""
+    )
+    stopped = project.ledger()
+    run = stopped.claim("split", at(8))
+    assert run is not None
+    stopped.mark_running(run.run_id)
+    assert [r.run_id for r in stopped.mark_interrupted_mine()] == [run.run_id]  # SIGTERM path
+
+    project.daemon(Clock(at(8, 10)))._recover_interrupted()
+
+    again = project.ledger().get(run.run_id)
+    assert again is not None and (again.status, again.attempt) == ("succeeded", 2)
+    assert sorted(project.subjects()) == ["For Alice", "For Bob"]
+
+
+def test_a_job_that_cannot_start_sends_a_failure_email(project: Project) -> None:
+    project.write_jobs(
+        """
+jobs:
+  - name: renamed
+    notebook: alert.ipynb
+    schedule: "0 8 * * *"
+    timezone: UTC
+    parameters: {no_such_parameter: 1}
+    to: ops@example.com
+"""
+    )
+    daemon = project.daemon(Clock(at(8)))
+    daemon._fire("renamed", slot=at(8))
+
+    run = daemon.ledger.find("renamed", at(8))
+    assert run is not None and run.status == "failed"
+    assert "no_such_parameter" in (run.error or "")
+    [failure] = project.transport.sent
+    assert failure.recipients == ("ops@example.com",)
+    assert failure.subject.startswith("[notifier] FAILED: renamed:")
+    assert "no_such_parameter" in failure.message.get_body(("html",)).get_content()
+
+
 # --- reload of jobs.yaml ---------------------------------------------------------------------
 
 JOBS_V1 = """
