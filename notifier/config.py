@@ -144,7 +144,8 @@ class Settings:
         return replace(self, **changes)
 
 
-SECRET_VARIABLES = ("SMTP_PASSWORD", "SMTP_PASS")
+# Kept out of kernels: the SMTP credentials, and the ledger URL (a PostgreSQL URL holds one).
+SECRET_VARIABLES = ("SMTP_PASSWORD", "SMTP_PASS", "NOTIFIER_DB_URL")
 
 
 def read_environment(
