@@ -363,12 +363,20 @@ def _check_timezone(name: str) -> None:
 def redact(text: str, secrets: list[str]) -> str:
     """Replace every occurrence of each secret (and its common encodings) with ``***``."""
     import base64
+    import html
+    import json
 
     for secret in secrets:
         if not secret:
             continue
-        variants = {secret, base64.b64encode(secret.encode()).decode()}
-        for variant in variants:
+        variants = {
+            secret,
+            base64.b64encode(secret.encode()).decode(),
+            json.dumps(secret)[1:-1],  # as written inside a JSON string (.ipynb, result.json)
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+            html.escape(secret),  # as written in HTML
+        }
+        for variant in sorted(variants, key=len, reverse=True):
             text = text.replace(variant, "***")
     return text
 

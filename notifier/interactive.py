@@ -41,14 +41,26 @@ def preview(mail: Email, *, budget: int | None = None) -> str:
     if not (mail.to or mail.cc or mail.bcc):
         mail = replace(mail, to=[PLACEHOLDER_RECIPIENT])
         overrides["To"] = "(the job's recipients, from jobs.yaml or --to)"
-    try:
-        sender = project_settings().from_address
-    except Exception:  # a broken .env must not break the preview
-        sender = "notifier@localhost"
+    sender = _preview_sender()
     outgoing = compose(mail, default_sender=sender)
     return render_preview(
         outgoing.message, mail.bcc, standalone=False, overrides=overrides, image_budget=budget
     )
+
+
+def _preview_sender() -> str:
+    """The From address to show: from the runner in scheduled runs (the kernel never
+    reads .env there), else from the project's settings."""
+    import os
+
+    from notifier.report import FROM_ENV, in_scheduled_run
+
+    if in_scheduled_run():
+        return os.environ.get(FROM_ENV) or "notifier@localhost"
+    try:
+        return project_settings().from_address
+    except Exception:  # a broken .env must not break the preview
+        return "notifier@localhost"
 
 
 def send_test_copy(mail: Email, addresses: list[str]) -> list[SendResult]:

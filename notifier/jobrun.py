@@ -30,7 +30,7 @@ from notifier.runner import (
     failure_email,
     plan,
 )
-from notifier.transport import SendResult, Transport, transport_for
+from notifier.transport import Outgoing, SendResult, Transport, transport_for
 
 log = logging.getLogger("notifier.jobs")
 
@@ -93,7 +93,7 @@ class SlotRunner:
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> str | None:
         """Take over an interrupted run of the same slot (None when another process did)."""
-        taken = self.ledger.reclaim(run.run_id, trigger=trigger)
+        taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
         if taken is None:
             return None
         log.info(
@@ -112,21 +112,31 @@ class SlotRunner:
         except Exception as error:  # the ledger must never keep a 'running' row for a dead run
             log.exception("%s: run %s crashed", job.name, run.run_id)
             self.ledger.finish(run.run_id, "failed", error=f"internal error: {error}"[:500])
+            try:
+                self._notify_failure_before_start(job, run, f"internal error: {error}", None)
+            except Exception:
+                log.exception("%s: the failure email could not be sent either", job.name)
             return "failed"
+        except BaseException:  # Ctrl-C during `notifier run JOB`: visible, not 'running' forever
+            self.ledger.finish(run.run_id, "interrupted", error="interrupted by the user")
+            raise
         finally:
             beating.set()
 
     def _heartbeat(self, run_id: str, done: threading.Event) -> None:
         while not done.wait(HEARTBEAT_SECONDS):
-            self.ledger.heartbeat(run_id)
+            try:
+                self.ledger.heartbeat(run_id)
+            except Exception as error:  # a missed beat must not end the beating
+                log.warning("heartbeat of run %s failed: %s", run_id, error)
 
     def _execute(self, job: Job, run: Run) -> str:
         request = request_for(job, run)
         try:
             execution = self._execute_with_retries(job, request)
-        except NotifierError as error:  # missing notebook, undeclared parameter
-            self._send_failure_before_start(job, run, error)
+        except NotifierError as error:  # missing notebook, undeclared parameter, runs dir
             self.ledger.finish(run.run_id, "failed", error=error.message)
+            self._notify_failure_before_start(job, run, error.message, error.fix)
             return "failed"
         output = str(execution.output_notebook)
         if self.stopping.is_set() and execution.status == "failed":
@@ -135,7 +145,7 @@ class SlotRunner:
             )
             return "interrupted"
         if execution.status == "skipped":
-            note = self._maybe_recover(job, run, execution)
+            note = "" if run.manual else self._maybe_recover(job, run, execution)
             self.ledger.finish(
                 run.run_id,
                 "skipped",
@@ -146,8 +156,8 @@ class SlotRunner:
         elif execution.status == "succeeded":
             status = self._deliver(job, run, execution)
         else:
-            self._send_failure(execution)
             self.ledger.finish(run.run_id, "failed", error=execution.error, output_path=output)
+            self._send_failure(run, execution)
             status = "failed"
         self._apply_retention(job)
         return status
@@ -177,8 +187,8 @@ class SlotRunner:
         except MessageError as error:
             execution.error = str(error)
             execution.failure = {"kind": "compose", "ename": "MessageError", "evalue": str(error)}
-            self._send_failure(execution)
             self.ledger.finish(run.run_id, "failed", error=error.message, output_path=output)
+            self._send_failure(run, execution)
             return "failed"
         if not planned:
             self.ledger.finish(
@@ -187,7 +197,7 @@ class SlotRunner:
             return "succeeded"
         key = alert_key(planned)
         subjects = "; ".join(p.outgoing.subject for p in planned)
-        if job.cooldown_seconds:
+        if job.cooldown_seconds and not run.manual:  # a manual run always sends
             last = self.ledger.last_alert(job.name, key)
             cooling = last is not None and run.slot - last.slot < timedelta(
                 seconds=job.cooldown_seconds
@@ -264,44 +274,37 @@ class SlotRunner:
                 problems.append(result.error.splitlines()[0])
         return "; ".join(problems)[:500]
 
-    def _send_failure_before_start(self, job: Job, run: Run, error: NotifierError) -> None:
+    def _notify(self, run: Run, key: str, outgoing: Outgoing | None, what: str) -> bool:
+        """Send a notice (failure, recovery) and record its deliveries on the run."""
+        if outgoing is None:
+            log.warning("%s: no recipients for the %s email", run.job, what)
+            return False
+        results = self.transport_factory().send([outgoing])
+        for result in results:
+            self._record(run, [(PlannedEmail(key, outgoing), result)])
+            if not result.ok:
+                log.error("%s: %s email not delivered: %s", run.job, what, result.error)
+        return all(result.ok for result in results)
+
+    def _notify_failure_before_start(
+        self, job: Job, run: Run, message: str, fix: str | None
+    ) -> None:
         """A job that cannot even start (notebook gone, parameter renamed) still tells someone."""
         recipients = list(job.on_failure) or [*job.to, *job.cc]
-        if not recipients:
-            log.warning("%s could not start and has no failure recipients: %s", job.name, error)
-            return
         body = (
             f"<h2 style='color:#b00020'>Run failed before it started: {html.escape(job.name)}</h2>"
-            f"<p>{html.escape(error.message)}</p>"
-            + (f"<p><b>Fix:</b> {html.escape(error.fix)}</p>" if error.fix else "")
+            f"<p>{html.escape(message)}</p>"
+            + (f"<p><b>Fix:</b> {html.escape(fix)}</p>" if fix else "")
             + f"<p>Notebook: {html.escape(str(job.notebook))}<br>Slot: {run.slot.isoformat()}</p>"
         )
-        outgoing = compose(
-            Email(
-                subject=f"[notifier] FAILED: {job.name}: {error.message}"[:200],
-                to=recipients,
-                html=body,
-            ),
-            default_sender=self.settings.from_address,
+        mail = Email(
+            subject=f"[notifier] FAILED: {job.name}: {message}"[:200], to=recipients, html=body
         )
-        for result in self.transport_factory().send([outgoing]):
-            if not result.ok:
-                log.error("failure email for %s not delivered: %s", job.name, result.error)
+        outgoing = compose(mail, default_sender=self.settings.from_address) if recipients else None
+        self._notify(run, "failure", outgoing, "failure")
 
-    def _send_failure(self, execution: Execution) -> None:
-        message = failure_email(execution, self.settings)
-        if message is None:
-            log.warning(
-                "%s failed and has no failure recipients: %s",
-                execution.request.name,
-                execution.error,
-            )
-            return
-        for result in self.transport_factory().send([message]):
-            if not result.ok:
-                log.error(
-                    "failure email for %s not delivered: %s", execution.request.name, result.error
-                )
+    def _send_failure(self, run: Run, execution: Execution) -> None:
+        self._notify(run, "failure", failure_email(execution, self.settings), "failure")
 
     def _previous_outcome(self, job: Job, run: Run) -> Run | None:
         """The newest other run of the job that alerted, was suppressed or was quiet."""
@@ -309,7 +312,9 @@ class SlotRunner:
             (
                 r
                 for r in self.ledger.history(job.name, limit=50)
-                if r.run_id != run.run_id and r.status in {"succeeded", "suppressed", "skipped"}
+                if r.run_id != run.run_id
+                and not r.manual
+                and r.status in {"succeeded", "suppressed", "skipped"}
             ),
             None,
         )
@@ -332,23 +337,33 @@ class SlotRunner:
         previous = self._previous_outcome(job, run)
         if previous is None or previous.status == "skipped" or not previous.alert_key:
             return ""
-        recipients = [*job.to, *job.cc] or list(previous.recipients)
+        recipients = self._alert_recipients(job, previous)
         if not recipients:
             return ""
-        subject = f"RECOVERED: {job.name}"
         body = (
             f"<p><b>{html.escape(job.name)}</b> is back to normal: "
             f"{html.escape(execution.skip_reason or '')}.</p>"
             f"<p>The alert started with slot {previous.slot.astimezone(job.tz):%Y-%m-%d %H:%M %Z}.</p>"
         )
         outgoing = compose(
-            Email(subject=subject, to=recipients, html=body),
+            Email(subject=f"RECOVERED: {job.name}", to=recipients, html=body),
             default_sender=self.settings.from_address,
         )
-        results = self.transport_factory().send([outgoing])
-        ok = all(r.ok for r in results)
+        ok = self._notify(run, "recovery", outgoing, "recovery")
         log.info("%s: recovered; recovery email %s", job.name, "sent" if ok else "FAILED")
         return " (recovery email sent)" if ok else " (recovery email failed)"
+
+    def _alert_recipients(self, job: Job, alert: Run) -> list[str]:
+        """Who got the alert (its recorded deliveries), else the job's recipients."""
+        sent = alert
+        if alert.status == "suppressed" and alert.alert_key:
+            sent = self.ledger.last_alert(job.name, alert.alert_key) or alert
+        delivered = [
+            d.recipient
+            for d in self.ledger.deliveries(sent.run_id)
+            if d.status in {"accepted", "outbox"} and d.email_key not in {"failure", "recovery"}
+        ]
+        return list(dict.fromkeys(delivered)) or [*job.to, *job.cc]
 
     def _apply_retention(self, job: Job) -> None:
         if not job.keep_runs_seconds:

@@ -352,7 +352,8 @@ class Ledger:
 
     def _make_engine(self, parsed: Any) -> Engine:
         if not self._sqlite:
-            return create_engine(parsed, pool_pre_ping=True)
+            timeouts = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            return create_engine(parsed, pool_pre_ping=True, connect_args=timeouts)
         engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
@@ -849,12 +850,16 @@ class Ledger:
             return conn.execute(query).scalar()
 
     def last_alert(self, job: str, alert_key: str) -> Run | None:
-        """The newest succeeded run that sent the alert identified by ``alert_key``."""
+        """The newest scheduled, succeeded run that sent the alert ``alert_key``.
+
+        Manual runs (``notifier run JOB``, dry runs included) never start a cooldown.
+        """
         return self._first(
             select(runs_table).where(
                 runs_table.c.job == job,
                 runs_table.c.alert_key == alert_key,
                 runs_table.c.status == "succeeded",
+                runs_table.c.slot_kind == SCHEDULED,
             )
         )
 

@@ -37,6 +37,7 @@ EMAIL_MIME = "application/vnd.notifier.email+json"
 SKIP_MIME = "application/vnd.notifier.skip+json"
 PARTS_DIR_ENV = "NOTIFIER_PARTS_DIR"
 RUN_ID_ENV = "NOTIFIER_RUN_ID"
+FROM_ENV = "NOTIFIER_FROM"
 FORMAT_VERSION = 1
 # Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
 PREVIEW_IMAGE_BUDGET = 4 * 1024 * 1024

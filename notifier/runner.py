@@ -33,7 +33,7 @@ from notifier.message import Email, compose
 from notifier.notebook_params import check_parameters
 from notifier.parts import Part
 from notifier.processes import kill_tree
-from notifier.report import PARTS_DIR_ENV, RUN_ID_ENV
+from notifier.report import FROM_ENV, PARTS_DIR_ENV, RUN_ID_ENV
 from notifier.transport import Outgoing, SendResult, Transport
 
 log = logging.getLogger("notifier.runner")
@@ -120,11 +120,25 @@ def new_run_id() -> str:
 
 
 def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Path:
-    """``runs/<job>/<stamp>-<run id>`` (created)."""
+    """A new ``runs/<job>/<stamp>-<run id>[-N]`` folder (each attempt gets its own)."""
     stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    folder = runs_dir / (_SAFE_NAME.sub("-", job_name) or "job") / f"{stamp}-{run_id}"
-    (folder / "parts").mkdir(parents=True, exist_ok=True)
-    return folder
+    base = runs_dir / (_SAFE_NAME.sub("-", job_name) or "job") / f"{stamp}-{run_id}"
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for number in range(1, 1000):
+            folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            (folder / "parts").mkdir()
+            return folder
+    except OSError as error:
+        raise RunError(
+            f"Cannot create the run folder under {runs_dir}: {error.strerror or error}.",
+            "set NOTIFIER_RUNS_DIR to a writable folder",
+        ) from None
+    raise RunError(f"Too many attempts in {base.parent}.", "remove old run folders")
 
 
 def _parameter_strings(value: Any) -> list[str]:
@@ -178,6 +192,7 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
     env = kernel_environment()
     env.update(
         {
+            FROM_ENV: settings.from_address,  # the preview's From: the kernel never reads .env
             PARTS_DIR_ENV: str(run_dir / "parts"),
             RUN_ID_ENV: run_id,
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
@@ -249,12 +264,12 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
     from notifier.collect import collect
 
     run_dir = execution.run_dir
+    for name in ("output.ipynb", "output.html", "worker.log", "result.json"):
+        scrub_file(run_dir / name, settings.secrets())
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
     if result:
         execution.timings = result.get("timings", {})
-    for name in ("output.ipynb", "output.html", "worker.log"):
-        scrub_file(run_dir / name, settings.secrets())
     if execution.output_notebook.is_file() and not execution.output_html.is_file():
         try:
             render_html(execution.output_notebook, execution.output_html)

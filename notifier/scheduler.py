@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ log = logging.getLogger("notifier.scheduler")
 # A slot that starts later than this counts as missed for the 'skip' policy.
 LATE_TOLERANCE = timedelta(seconds=60)
 MAX_LOGGED_MISSES = 20
+# How often a running daemon looks for runs whose owner died (e.g. another node).
+RECOVERY_INTERVAL = 60.0
 
 
 class SlotExecutor(ThreadPoolExecutor):
@@ -57,6 +60,9 @@ class SlotExecutor(ThreadPoolExecutor):
             return []
 
         def done(future: Any) -> None:
+            if future.cancelled():  # queued when the daemon stopped
+                self._run_job_success(job.id, [])
+                return
             error = future.exception()
             if error is not None:
                 self._run_job_error(job.id, error, error.__traceback__)
@@ -118,6 +124,10 @@ class Daemon:
         )
         self._active = 0
         self._active_lock = threading.Condition()
+        # Recovery and catch-up run beside APScheduler's pool: one semaphore bounds all
+        # runs to NOTIFIER_WORKERS, and a lock per job keeps a job from overlapping itself.
+        self._run_slots = threading.BoundedSemaphore(settings.workers)
+        self._job_locks: dict[str, threading.Lock] = {}
         self.scheduler = BackgroundScheduler(
             executors={"default": SlotExecutor(max_workers=settings.workers)},
             timezone=timezone.utc,
@@ -163,18 +173,19 @@ class Daemon:
             replace_existing=True,
         )
 
-    def _interrupted_runs(self) -> list[Run]:
-        """Runs of dead owners (now marked interrupted) and runs stopped by a shutdown."""
+    def _interrupted_runs(self, *, include_stopped: bool) -> list[Run]:
+        """Runs of dead owners (now marked interrupted), and at start those stopped by a
+        shutdown."""
         runs = {run.run_id: run for run in self.ledger.recover_interrupted()}
-        for job in self._jobs.values():
+        for job in self._jobs.values() if include_stopped else ():
             for run in self.ledger.history(job.name, limit=20):
                 if run.status == "interrupted" and not run.manual:
                     runs.setdefault(run.run_id, run)
         return sorted(runs.values(), key=lambda run: run.slot)
 
-    def _recover_interrupted(self) -> None:
+    def _recover_interrupted(self, *, include_stopped: bool = True) -> None:
         now = self.clock()
-        for run in self._interrupted_runs():
+        for run in self._interrupted_runs(include_stopped=include_stopped):
             job = self._jobs.get(run.job)
             log.warning(
                 "%s: run %s of slot %s was interrupted (owner %s)",
@@ -247,32 +258,54 @@ class Daemon:
             return
         self._run(job, slot, "schedule")
 
-    def _run(self, job: Job, slot: datetime, trigger: str) -> None:
-        if self.stopping.is_set():
+    @contextlib.contextmanager
+    def _running(self, job_name: str, *, wait: bool) -> Iterator[bool]:
+        """Hold a worker slot and the job's lock; yields False when the job is busy."""
+        lock = self._job_locks.setdefault(job_name, threading.Lock())
+        if not lock.acquire(blocking=wait):
+            yield False
             return
-        with self._active_lock:
-            self._active += 1
-        started = time.perf_counter()
         try:
-            log.info("%s: run of slot %s starting", job.name, slot.astimezone(job.tz).isoformat())
+            with self._run_slots:
+                if self.stopping.is_set():
+                    yield False
+                    return
+                with self._active_lock:
+                    self._active += 1
+                try:
+                    yield True
+                finally:
+                    with self._active_lock:
+                        self._active -= 1
+                        self._active_lock.notify_all()
+        finally:
+            lock.release()
+
+    def _run(self, job: Job, slot: datetime, trigger: str) -> None:
+        with self._running(job.name, wait=trigger != "schedule") as allowed:
+            if not allowed:
+                if not self.stopping.is_set():
+                    log.warning(
+                        "%s: slot %s not run: the previous run is still going", job.name, slot
+                    )
+                return
+            started = time.perf_counter()
+            local = slot.astimezone(job.tz).isoformat()
+            log.info("%s: run of slot %s starting", job.name, local)
             status = self.runner.run_slot(job, slot, trigger=trigger)
             if status is not None:
                 log.info(
                     "%s: run of slot %s ended: %s in %.1fs",
                     job.name,
-                    slot.astimezone(job.tz).isoformat(),
+                    local,
                     status,
                     time.perf_counter() - started,
                 )
-        finally:
-            with self._active_lock:
-                self._active -= 1
-                self._active_lock.notify_all()
 
     def _resume(self, job: Job, run: Run) -> None:
-        with self._active_lock:
-            self._active += 1
-        try:
+        with self._running(job.name, wait=True) as allowed:
+            if not allowed:
+                return
             status = self.runner.resume(job, run)
             log.info(
                 "%s: interrupted slot %s re-run: %s",
@@ -280,10 +313,6 @@ class Daemon:
                 run.slot,
                 status or "taken by another process",
             )
-        finally:
-            with self._active_lock:
-                self._active -= 1
-                self._active_lock.notify_all()
 
     def _on_overlap(self, event: JobSubmissionEvent) -> None:
         times = ", ".join(t.isoformat() for t in getattr(event, "scheduled_run_times", []))
@@ -298,7 +327,15 @@ class Daemon:
             return None
 
     def _watch(self) -> None:
+        last_recovery = time.monotonic()
         while not self.stopping.wait(self.poll_interval):
+            if time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
+                # another daemon on this ledger may have died: take over its runs
+                last_recovery = time.monotonic()
+                try:
+                    self._recover_interrupted(include_stopped=False)
+                except Exception:
+                    log.exception("recovery check failed; trying again later")
             state = self._stat()
             if state is None or state == self._file_state:
                 continue

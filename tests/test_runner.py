@@ -707,3 +707,25 @@ def test_cli_bad_parameter_is_one_clear_error(cli_project):
     )
     assert result.stdout == ""
     assert not (cli_project / "runs").exists()
+
+
+def test_each_attempt_of_a_run_gets_its_own_folder(tmp_path: Path) -> None:
+    from notifier.runner import run_folder
+
+    when = datetime(2026, 11, 22, 8, 0, tzinfo=timezone.utc)
+    first = run_folder(tmp_path, "daily sales", "abc123", when)
+    (first / "result.json").write_text("{}")  # an earlier attempt's result
+    second = run_folder(tmp_path, "daily sales", "abc123", when)
+    assert first.name == "20261122T080000Z-abc123" and first.parent.name == "daily-sales"
+    assert second == first.with_name("20261122T080000Z-abc123-2")
+    assert (second / "parts").is_dir() and not (second / "result.json").exists()
+
+
+def test_an_unwritable_runs_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from notifier.runner import run_folder
+
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(RunError) as caught:
+        run_folder(blocker, "job", "abc", datetime.now(timezone.utc))
+    assert "NOTIFIER_RUNS_DIR" in (caught.value.fix or "")

@@ -295,7 +295,7 @@ jobs:
         daemon._fire("once", slot=at(8))
 
     threads = [threading.Thread(target=fire, args=(d,)) for d in (first, first, second)]
-    with caplog.at_level(logging.INFO, logger="notifier.jobs"):
+    with caplog.at_level(logging.INFO, logger="notifier"):
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -306,8 +306,13 @@ jobs:
     assert project.subjects() == [f"Alert {at(8).isoformat()}"]
     runs = first.ledger.history("once")
     assert len(runs) == 1 and runs[0].status == "succeeded" and runs[0].slot == at(8)
-    taken = [r for r in caplog.records if "already taken" in r.getMessage()]
-    assert len(taken) == 3
+    # Refused by the ledger claim, or within one daemon already by the job's own lock.
+    refused = [
+        r
+        for r in caplog.records
+        if "already taken" in r.getMessage() or "previous run is still going" in r.getMessage()
+    ]
+    assert len(refused) == 3
 
 
 # --- retries, cooldown, recovery, retention ---------------------------------------------------
@@ -362,6 +367,68 @@ jobs:
     assert first.alert_key and first.alert_key == second.alert_key == third.alert_key
     assert "cooldown until 2024-05-06T09:00:00+00:00" in (second.notes or "")
     assert daemon.ledger.deliveries(second.run_id) == []
+
+
+def test_a_manual_run_neither_starts_nor_obeys_the_cooldown(project: Project) -> None:
+    project.write_jobs(
+        """
+jobs:
+  - name: latency
+    notebook: alert.ipynb
+    schedule: "*/10 * * * *"
+    timezone: UTC
+    to: oncall@example.com
+    cooldown: 1h
+    parameters: {subject: "Latency above 150 ms"}
+"""
+    )
+    clock = Clock(at(8, 0) + timedelta(seconds=3))
+    daemon = project.daemon(clock)
+    job = daemon.jobs_file.get("latency")
+    manual = daemon.ledger.claim("latency", at(7, 59), trigger="manual")
+    assert manual is not None
+    assert daemon.runner.execute_claimed(job, manual) == "succeeded"  # `notifier run latency`
+    daemon._fire("latency", slot=at(8, 0))  # the real alert is not silenced by the trial
+    again = daemon.ledger.claim("latency", at(8, 1), trigger="manual")
+    assert again is not None
+    assert daemon.runner.execute_claimed(job, again) == "succeeded"  # nor is a trial after it
+
+    assert project.subjects() == ["Latency above 150 ms"] * 3
+    [scheduled] = [r for r in daemon.ledger.history("latency") if not r.manual]
+    assert scheduled.status == "succeeded"
+
+
+def test_recovery_goes_to_whoever_got_the_alert_and_is_recorded(
+    project: Project, tmp_path: Path
+) -> None:
+    quiet = tmp_path / "quiet"
+    project.write_jobs(
+        f"""
+jobs:
+  - name: split-alert
+    notebook: alert.ipynb
+    schedule: "*/5 * * * *"
+    timezone: UTC
+    to: ops@example.com
+    notify_recovery: true
+    parameters: {{quiet_flag: "{quiet}", split: true}}
+"""
+    )
+    clock = Clock(at(8))
+    daemon = project.daemon(clock)
+    for minute, is_quiet in ((0, False), (5, True)):
+        if is_quiet:
+            quiet.write_text("ok")
+        clock.now = at(8, minute) + timedelta(seconds=3)
+        daemon._fire("split-alert", slot=at(8, minute))
+
+    recovered = project.transport.sent[-1]
+    assert recovered.subject == "RECOVERED: split-alert"
+    # the notebook mailed Alice and Bob itself; the job's own `to` never got the alert
+    assert recovered.recipients == ("alice@example.com", "bob@example.com")
+    quiet_run = scheduled_runs(daemon.ledger, "split-alert")[-1]
+    recorded = {(d.email_key, d.recipient) for d in daemon.ledger.deliveries(quiet_run.run_id)}
+    assert recorded == {("recovery", "alice@example.com"), ("recovery", "bob@example.com")}
 
 
 def test_recovery_email_once_after_an_alert_then_a_new_alert_is_sent(

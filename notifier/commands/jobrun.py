@@ -29,6 +29,8 @@ def run_job_now(args: argparse.Namespace) -> int:
             overrides[field] = tuple(getattr(args, field))
     if args.on_failure:
         overrides["on_failure"] = tuple(args.on_failure)
+    elif args.to:  # trying a job on yourself must not mail its failure list
+        overrides["on_failure"] = tuple(args.to)
     if args.timeout:
         overrides["timeout_seconds"] = args.timeout
     if args.cell_timeout:
