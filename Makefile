@@ -32,8 +32,10 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 ## make lab: JupyterLab on the notebooks, with this project's environment
+## (extra options: make lab LAB_ARGS=--no-browser; as root --allow-root is added)
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
-	rm -rf $(VENV) outbox runs notifier.db .pytest_cache .ruff_cache
+	rm -rf $(VENV) outbox runs notifier.db notifier.db-wal notifier.db-shm .notifier-state *.egg-info .pytest_cache .ruff_cache

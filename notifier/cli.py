@@ -45,12 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The daemon logs each run; one-shot commands print their results and log only problems.
+    daemon = args.command == "schedule"
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if not (daemon or args.verbose):  # send/run print every SMTP outcome themselves
+        logging.getLogger("notifier.smtp").setLevel(logging.CRITICAL)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

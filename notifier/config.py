@@ -360,6 +360,11 @@ def _check_timezone(name: str) -> None:
         ) from None
 
 
+# Shorter secrets are not masked: replacing every "port" or "p" would garble all text
+# (and such a password is no secret). Real app passwords and API keys are 16+ characters.
+MIN_REDACTED_LENGTH = 6
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """Replace every occurrence of each secret (and its common encodings) with ``***``."""
     import base64
@@ -367,7 +372,7 @@ def redact(text: str, secrets: list[str]) -> str:
     import json
 
     for secret in secrets:
-        if not secret:
+        if len(secret) < MIN_REDACTED_LENGTH:
             continue
         variants = {
             secret,

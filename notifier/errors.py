@@ -30,6 +30,8 @@ class ConfigError(NotifierError):
 class MessageError(NotifierError):
     """An email cannot be built: bad address, header injection, too large, bad attachment."""
 
+    exit_code = 2
+
 
 class DeliveryError(NotifierError):
     """The mail server could not be reached or refused the session."""
@@ -49,4 +51,6 @@ class JobsFileError(NotifierError):
 
 
 class RunError(NotifierError):
-    """A notebook run could not start or did not complete."""
+    """A notebook run could not start: missing notebook, undeclared parameter, runs folder."""
+
+    exit_code = 2

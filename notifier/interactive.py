@@ -27,11 +27,15 @@ def project_settings(root: Path | None = None) -> Settings:
     """Settings from the project's .env, with relative paths anchored at the project root."""
     root = root or project_root()
     settings = load_settings(dotenv_path=root / ".env")
-    anchored = {
+    anchored: dict[str, object] = {
         name: root / getattr(settings, name)
         for name in ("outbox_dir", "runs_dir")
         if not getattr(settings, name).is_absolute()
     }
+    sqlite_prefix = "sqlite:///"
+    path = settings.db_url.removeprefix(sqlite_prefix)
+    if settings.db_url.startswith(sqlite_prefix) and path and not path.startswith("/"):
+        anchored["db_url"] = f"{sqlite_prefix}{root / path}"
     return settings.with_overrides(**anchored)
 
 

@@ -630,6 +630,19 @@ def _find_notebook(raw: object, base: Path, loc: Loc, report: _Report) -> Path |
     return None
 
 
+def _check_declared_parameters(
+    notebook: Path, parameters: Mapping[str, Any], loc: Loc, report: _Report
+) -> None:
+    """Parameters the notebook does not declare are errors now, not at 08:00."""
+    from notifier.errors import RunError
+    from notifier.notebook_params import check_parameters
+
+    try:
+        check_parameters(notebook, dict(parameters))
+    except RunError as error:
+        report.add((*loc, "parameters"), f"{error.message} ({error.fix})")
+
+
 def _resolve(
     model: JobModel,
     defaults: DefaultsModel,
@@ -760,6 +773,7 @@ def load_jobs(path: str | Path, env: Mapping[str, str] | None = None) -> JobsFil
         if not report.is_unresolved((*loc, "notebook")):
             notebook = _find_notebook(raw.get("notebook"), path.parent, loc, report)
         if model is not None and notebook is not None:
+            _check_declared_parameters(notebook, model.parameters, loc, report)
             line = _line_of(root, loc)
             jobs.append(_resolve(model, defaults, notebook, fallback_zone, line))
 

@@ -14,7 +14,8 @@ for ``localhost`` and ``127.0.0.1``; ``server.ca_file`` is its PEM, for ``SMTP_C
 
 The server advertises PIPELINING unless ``pipelining=False`` (aiosmtpd does not by itself,
 but real submission servers do). Misbehaviour is described by :class:`Behaviour` (temporary failures for the first N
-attempts, a refused recipient, a dropped connection during DATA, a small SIZE).
+attempts, a refused recipient, a connection dropped during DATA or after its final dot, a
+small SIZE).
 Everything the server saw is recorded: ``messages`` (accepted mail), ``counts`` (commands
 and connections), ``logins`` (AUTH attempts: user and whether the password was right).
 """
@@ -48,6 +49,7 @@ from notifier.config import Secret, Settings
 # aiosmtpd itself sets the deprecated attribute on every successful AUTH.
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
+_SMALL_RCVBUF = 16384  # bytes; see Behaviour.drop_in_data
 MODES = ("plain", "starttls", "ssl", "stall")
 _SECURITY = {"plain": "none", "starttls": "starttls", "ssl": "ssl", "stall": "starttls"}
 
@@ -59,10 +61,16 @@ class Behaviour:
     ``fail_first`` commands named ``fail_at`` (MAIL, RCPT or DATA) get ``fail_reply``;
     a 421 reply also closes the connection, as real servers do. ``refuse`` recipients get
     ``550 5.1.1``; ``defer`` maps a recipient to how many times it gets ``451`` first.
-    ``drop_in_data`` closes the connection (without replying, without keeping the message)
-    after the message content of the first N DATA commands. ``size_limit`` is advertised as
-    SIZE and enforced. ``close_after`` closes each connection after that many accepted
-    messages (like an idle or per-connection limit).
+    ``drop_in_data`` resets the connection in the middle of the first N DATA commands:
+    after the 354 and the first line of content, *before* the final dot, so nothing is
+    queued (the listening socket then gets a small receive buffer, so a client sending a
+    message larger than the socket buffers sees the reset while still sending it).
+    ``drop_after_data`` reads the first N messages completely, final dot included, records
+    them in ``messages`` (queued, as a real server may have), stays silent for
+    ``silence_after_data`` seconds and closes the connection without replying: the client
+    cannot know whether the message was taken. ``size_limit`` is advertised as SIZE and
+    enforced. ``close_after`` closes each connection after that many accepted messages
+    (like an idle or per-connection limit).
     """
 
     fail_first: int = 0
@@ -71,6 +79,8 @@ class Behaviour:
     refuse: Collection[str] = ()
     defer: Mapping[str, int] = field(default_factory=dict)
     drop_in_data: int = 0
+    drop_after_data: int = 0
+    silence_after_data: float = 0.0
     size_limit: int | None = None
     close_after: int | None = None
 
@@ -182,14 +192,6 @@ class _Handler:
 
     async def handle_DATA(self, smtp, session, envelope):  # noqa: N802
         self.server._count("DATA")
-        with self.server.lock:
-            drop = self.server._dropped < self.server.behaviour.drop_in_data
-            if drop:
-                self.server._dropped += 1
-        if drop:
-            smtp.transport.abort()  # later writes are discarded: the client sees only EOF
-            await asyncio.sleep(30)  # cancelled when the connection is gone
-            return None
         reply = self._fail("DATA")
         if reply:
             return await self._answer_and_maybe_close(smtp, reply)
@@ -208,6 +210,12 @@ class _Handler:
                     helo=session.host_name,
                 )
             )
+        if self.server._take("_dropped_after", self.server.behaviour.drop_after_data):
+            self.server._count("dropped_after_data")
+            await asyncio.sleep(self.server.behaviour.silence_after_data)
+            smtp.transport.close()  # no reply: the client sees EOF after its final dot
+            await asyncio.sleep(30)  # cancelled when the connection is gone
+            return None
         smtp._accepted = getattr(smtp, "_accepted", 0) + 1
         limit = self.server.behaviour.close_after
         if limit and smtp._accepted >= limit:
@@ -231,6 +239,26 @@ def _login_name(session: Any) -> str | None:
     return None
 
 
+class _SMTP(SMTP):
+    """aiosmtpd's protocol, able to drop a connection in the middle of DATA content."""
+
+    def __init__(self, owner: SMTPTestServer, *args: Any, **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        server = self._owner
+        ready = self.envelope is not None and self.envelope.rcpt_tos and not arg
+        if not ready or not server._take("_dropped", server.behaviour.drop_in_data):
+            return await super().smtp_DATA(arg)
+        server._count("DATA")
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self._reader.readuntil(b"\r\n")  # one line of content; the final dot is to come
+        server._count("dropped_in_data")
+        self.transport.abort()  # unread data pending: the client gets a reset, nothing queued
+        await asyncio.sleep(30)  # cancelled when the connection is gone
+
+
 class _Controller(Controller):
     """A Controller bound to an OS-chosen free port that counts connections."""
 
@@ -239,13 +267,16 @@ class _Controller(Controller):
         super().__init__(_Handler(server), hostname="127.0.0.1", port=0, **kwargs)
 
     def factory(self) -> SMTP:
-        smtp = super().factory()
+        smtp = _SMTP(self._owner, self.handler, **self.SMTP_kwargs)
         smtp._connection_number = self._owner._count("connections")  # type: ignore[attr-defined]
         return smtp
 
     def _trigger_server(self) -> None:
         assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
+        listener = self.server.sockets[0]
+        if self._owner.behaviour.drop_in_data:  # inherited by accepted connections
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SMALL_RCVBUF)
+        self.port = listener.getsockname()[1]
         super()._trigger_server()
 
 
@@ -279,6 +310,7 @@ class SMTPTestServer:
         self.lock = threading.Lock()
         self._failed = 0
         self._dropped = 0
+        self._dropped_after = 0
         self._deferred = dict(self.behaviour.defer)
         self._controller: _Controller | None = None
         self._stall: _Staller | None = None
@@ -338,6 +370,15 @@ class SMTPTestServer:
     def delivered_to(self, address: str) -> int:
         """How many accepted messages had ``address`` in the envelope."""
         return sum(m.rcpt_tos.count(address) for m in self.messages)
+
+    def _take(self, counter: str, limit: int) -> bool:
+        """Use up one of ``limit`` misbehaviours counted in ``self.<counter>``; False when spent."""
+        with self.lock:
+            used = getattr(self, counter)
+            if used >= limit:
+                return False
+            setattr(self, counter, used + 1)
+            return True
 
     def _count(self, what: str) -> int:
         with self.lock:

@@ -120,7 +120,7 @@ def test_wrong_password_shows_the_provider_hint_and_never_the_password(cli, smtp
 def test_missing_password_is_the_failed_first_step(cli):
     code, out = cli({"SMTP_HOST": "smtp.example.com", "SMTP_USER": "me@example.com"})
 
-    assert code == 1
+    assert code == 2  # bad settings, as for every command
     lines = out.splitlines()
     assert lines[1] == "  FAIL Settings: SMTP_USER is set but SMTP_PASSWORD is not."
     assert lines[2].startswith("       fix: set SMTP_PASSWORD")

@@ -22,12 +22,48 @@ from notifier.schedule import AnchoredIntervalTrigger
 UTC = timezone.utc
 
 
+# Every parameter name the jobs in these tests pass; the check against the notebook's
+# declared parameters has its own test.
+DECLARED = (
+    "region = 'x'\ntop = 1\ntags = []\nnested = {}\ntitle = ''\nregions = []\nthreshold = 1\n"
+)
+
+
+def notebook_declaring(source: str) -> str:
+    cell = {
+        "cell_type": "code",
+        "metadata": {"tags": ["parameters"]},
+        "source": source,
+        "outputs": [],
+        "execution_count": None,
+    }
+    return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "notebooks").mkdir()
     for name in ("sales.ipynb", "alert.ipynb"):
-        (tmp_path / "notebooks" / name).write_text("{}")
+        (tmp_path / "notebooks" / name).write_text(notebook_declaring(DECLARED))
     return tmp_path
+
+
+def test_parameters_the_notebook_does_not_declare_are_errors(project: Path) -> None:
+    path = write(
+        project,
+        """
+        jobs:
+          - name: daily-sales
+            notebook: notebooks/sales.ipynb
+            schedule: "0 8 * * *"
+            parameters: {regoin: EMEA}
+        """,
+    )
+    with pytest.raises(JobsFileError) as caught:
+        load_jobs(path)
+    [problem] = caught.value.problems
+    assert ":5: job 'daily-sales', field 'parameters': sales.ipynb does not declare" in problem
+    assert "regoin" in problem and "it declares: region, top" in problem
 
 
 def write(project: Path, text: str, name: str = "jobs.yaml") -> Path:

@@ -618,20 +618,21 @@ jobs:
     notebook: alert.ipynb
     schedule: "0 8 * * *"
     timezone: UTC
-    parameters: {no_such_parameter: 1}
     to: ops@example.com
 """
     )
     daemon = project.daemon(Clock(at(8)))
+    project.notebook.unlink()  # deleted after the daemon loaded jobs.yaml
     daemon._fire("renamed", slot=at(8))
 
     run = daemon.ledger.find("renamed", at(8))
     assert run is not None and run.status == "failed"
-    assert "no_such_parameter" in (run.error or "")
+    assert "alert.ipynb" in (run.error or "") and "does not exist" in (run.error or "")
     [failure] = project.transport.sent
     assert failure.recipients == ("ops@example.com",)
     assert failure.subject.startswith("[notifier] FAILED: renamed:")
-    assert "no_such_parameter" in failure.message.get_body(("html",)).get_content()
+    assert "does not exist" in failure.message.get_body(("html",)).get_content()
+    assert [d.email_key for d in daemon.ledger.deliveries(run.run_id)] == ["failure"]
 
 
 # --- reload of jobs.yaml ---------------------------------------------------------------------

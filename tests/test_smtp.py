@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import logging
 import socket
+import sqlite3
+import threading
 import time
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from smtp_server import Behaviour, SMTPTestServer, settings_for
@@ -14,7 +17,7 @@ from smtp_server import Behaviour, SMTPTestServer, settings_for
 from notifier.config import Settings
 from notifier.transport import transport_for
 from notifier.transport.base import Outgoing
-from notifier.transport.smtp import SMTPTransport
+from notifier.transport.smtp import MAYBE_DELIVERED, SMTPTransport, reset_minute_windows
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -22,6 +25,30 @@ pytestmark = [
 ]
 
 SENDER = "reports@example.com"
+
+
+def _larger_than_socket_buffers() -> int:
+    """Bigger than the client's largest TCP send buffer (Linux ``tcp_wmem`` max, 4 MiB by
+    default) plus the drop_in_data server's small receive buffer: the client is still
+    sending when that server resets the link."""
+    try:
+        wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        wmem_max = 4 * 1024 * 1024
+    return max(6 * 1024 * 1024, wmem_max + 2 * 1024 * 1024)
+
+
+LARGER_THAN_SOCKET_BUFFERS = _larger_than_socket_buffers()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_minute_windows():
+    """The per-minute windows are process-wide; a reused port must not inherit one."""
+    reset_minute_windows()
+    yield
+    reset_minute_windows()
+
+
 PASSWORD = "correct-horse-battery"
 
 
@@ -249,15 +276,69 @@ def test_retry_goes_only_to_recipients_that_failed_temporarily(smtp_server_facto
 def test_connection_dropped_during_data_is_retried_and_delivered_once(
     smtp_server_factory, pipelining
 ):
+    # The server resets the link after one line of content, before the final dot, while
+    # the client is still sending: nothing was queued, so the retry cannot duplicate.
     server = smtp_server_factory(
         "plain", behaviour=Behaviour(drop_in_data=1), pipelining=pipelining
     )
-    [result] = transport(settings_for(server)).send([make()])
+    body = ("d" * 76 + "\n") * (LARGER_THAN_SOCKET_BUFFERS // 77)
+    out = make(body=body)
+    settings = settings_for(server, max_message_size=4 * LARGER_THAN_SOCKET_BUFFERS)
+    [result] = transport(settings).send([out])
 
     assert result.ok, result.error
     assert result.attempts == 2
+    assert server.counts["dropped_in_data"] == 1
     assert server.counts["DATA"] == 2 and server.counts["connections"] == 2
     assert server.delivered_to("alice@example.com") == 1
+    assert server.messages[0].message.get_content() == body
+
+
+@pytest.mark.parametrize(
+    ("silence", "timeout"), [(0.0, 2.0), (1.5, 0.5)], ids=["closed", "timed-out"]
+)
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "serial"])
+def test_link_lost_after_the_final_dot_is_not_retried(
+    smtp_server_factory, tmp_path, pipelining, silence, timeout
+):
+    # The server read the whole message, final dot included, and may have queued it (this
+    # one did): a retry would deliver it twice, so the outcome is reported as unknown.
+    behaviour = Behaviour(drop_after_data=1, silence_after_data=silence)
+    server = smtp_server_factory("plain", behaviour=behaviour, pipelining=pipelining)
+    settings = settings_for(server, retries=3, timeout=timeout, rate_per_day=10)
+    first, second = transport(settings, state_dir=tmp_path).send(
+        [make(1, to=("alice@example.com", "bob@example.com")), make(2)]
+    )
+
+    assert [m.message["Subject"] for m in server.messages] == ["report 1", "report 2"]
+    assert server.counts["dropped_after_data"] == 1 and server.counts["DATA"] == 2
+    assert not first.ok and first.attempts == 1 and first.accepted == []
+    assert [(r.address, r.accepted, r.reply) for r in first.recipients] == [
+        ("alice@example.com", False, MAYBE_DELIVERED),
+        ("bob@example.com", False, MAYBE_DELIVERED),
+    ]
+    assert "may have delivered it" in first.error and "not retried" in first.error
+    assert "Not delivered" not in first.error
+    assert any(
+        "REFUSED: alice@example.com (connection lost after" in line
+        for line in first.summary_lines()
+    )
+    # the batch goes on, over a new connection
+    assert second.ok, second.error
+    assert server.counts["connections"] == 2
+    # the message may have gone out: its slot in the daily count is kept
+    with sqlite3.connect(tmp_path / "smtp-rate.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM sends").fetchone() == (2,)
+
+
+def test_a_421_after_the_final_dot_is_an_answer_and_is_retried(smtp_server_factory):
+    # 421 is the server saying it did not take the message: not an unknown outcome.
+    behaviour = Behaviour(fail_first=1, fail_at="DATA", fail_reply="421 4.3.2 Shutting down")
+    server = smtp_server_factory("plain", behaviour=behaviour)
+    [result] = transport(settings_for(server)).send([make()])
+
+    assert result.ok, result.error
+    assert result.attempts == 2 and len(server.messages) == 1
 
 
 def test_stalled_server_times_out(smtp_server_factory):
@@ -427,6 +508,52 @@ def test_rate_per_minute_sleeps_until_a_slot_is_free(smtp_server_factory):
     assert all(r.ok for r in results)
     assert sleeps == [60.0, 60.0]
     assert len(server.messages) == 5
+
+
+def test_rate_per_minute_is_shared_by_transports_for_the_same_account(smtp_server_factory):
+    # The scheduler builds a new transport for every send: the window must outlive it.
+    server = smtp_server_factory("plain")
+    now = [1000.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    settings = settings_for(server, rate_per_minute=2)
+    first = transport(settings, clock=lambda: now[0], sleep=sleep).send([make(1), make(2)])
+    assert sleeps == []
+    now[0] += 10.0
+    [third] = transport(settings, clock=lambda: now[0], sleep=sleep).send([make(3)])
+
+    assert all(r.ok for r in [*first, third])
+    assert sleeps == [50.0]  # until the first send of the shared window is a minute old
+    # another account (here: another server) has a window of its own
+    other = smtp_server_factory("plain")
+    [elsewhere] = transport(
+        settings_for(other, rate_per_minute=2), clock=lambda: now[0], sleep=sleep
+    ).send([make(4)])
+    assert elsewhere.ok and sleeps == [50.0]
+
+
+def test_rate_per_minute_is_shared_by_threads(smtp_server_factory):
+    server = smtp_server_factory("plain")
+    settings = settings_for(server, rate_per_minute=2)
+    results = []
+
+    def worker(n: int) -> None:
+        results.extend(transport(settings, rate_window=0.3).send([make(n)]))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 6 and all(r.ok for r in results)
+    assert time.monotonic() - started >= 0.6  # 6 sends, 2 per 0.3 s window
+    assert len(server.messages) == 6
 
 
 def test_rate_per_minute_with_a_tiny_real_window(smtp_server_factory):

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from notifier.config import Settings, load_settings
+from notifier.config import Settings
 
 _outbox_notice_shown = False
 
 
 def settings_from_env() -> Settings:
-    """Settings from the environment and ./.env (ConfigError propagates to the CLI)."""
-    return load_settings()
+    """Settings from the environment and the project's .env (ConfigError reaches the CLI).
+
+    The project is the nearest folder at or above the current one holding jobs.yaml,
+    .env or pyproject.toml, as for notebooks; relative paths are anchored there.
+    """
+    from notifier.interactive import project_settings
+
+    return project_settings()
 
 
 def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:
@@ -21,10 +27,14 @@ def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:
         return
     _outbox_notice_shown = True
     reason = "--dry-run" if dry_run else "no SMTP_HOST is set"
+    advice = (
+        ""
+        if not settings.uses_outbox
+        else " Set SMTP_* in .env to send for real; `notifier doctor` checks them."
+    )
     print(
         f"note: {reason}: mail goes to the local outbox {settings.outbox_dir.resolve()} "
-        f"(open {settings.outbox_dir / 'index.html'} in a browser). "
-        "Set SMTP_* in .env to send for real; `notifier doctor` checks them.",
+        f"(open {settings.outbox_dir.resolve() / 'index.html'} in a browser).{advice}",
         file=sys.stderr,
     )
 

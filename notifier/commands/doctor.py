@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from notifier.config import load_settings
 from notifier.doctor import Step, diagnose, format_steps
 from notifier.errors import ConfigError
 
@@ -30,19 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print each step; 0 when nothing failed, 1 otherwise."""
+    """Print each step; 0 when nothing failed, 2 for bad settings, 1 for other failures."""
+    from notifier.commands.common import settings_from_env
+    from notifier.interactive import project_root
+
+    dotenv = project_root() / ".env"
     try:
-        settings = load_settings()
+        settings = settings_from_env()
     except ConfigError as exc:
         steps = [Step("Settings", False, exc.message, exc.fix)]
+        settings = None
     else:
         steps = diagnose(settings, send_test_to=getattr(args, "send_test", None))
-    print("notifier doctor: checking the mail settings from .env and the environment")
+    source = str(dotenv) if dotenv.is_file() else f"the environment (no {dotenv})"
+    print(f"notifier doctor: checking the mail settings from {source}")
     for line in format_steps(steps):
         print(line)
     failures = sum(1 for step in steps if step.ok is False)
     if failures:
         print(f"{failures} problem{'s' if failures != 1 else ''} found.")
-        return 1
+        return ConfigError.exit_code if settings is None else 1
     print("All checks passed.")
     return 0

@@ -65,6 +65,27 @@ class SendResult:
     location: str | None = None  # where the outbox put it
     attempts: int = 1
 
+    @classmethod
+    def all_accepted(
+        cls,
+        out: Outgoing,
+        transport: str,
+        code: int | None,
+        reply: str,
+        location: str | None = None,
+    ) -> SendResult:
+        """A result in which every envelope recipient of ``out`` got ``code``/``reply``, accepted.
+
+        For transports that keep the message instead of sending it (outbox, memory).
+        """
+        return cls(
+            message_id=out.message_id,
+            subject=out.subject,
+            transport=transport,
+            recipients=[RecipientResult(a, True, code, reply) for a in out.recipients],
+            location=location,
+        )
+
     @property
     def ok(self) -> bool:
         """True when every recipient was accepted and nothing failed."""

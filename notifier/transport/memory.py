@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
+from notifier.transport.base import Outgoing, ResultCallback, SendResult
 
 
 class MemoryTransport:
@@ -18,19 +18,11 @@ class MemoryTransport:
     def send(
         self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
     ) -> list[SendResult]:
+        """Keep each message in ``self.sent``; every recipient counts as accepted."""
         results = []
         for out in messages:
             self.sent.append(out)
-            results.append(
-                SendResult(
-                    message_id=out.message_id,
-                    subject=out.subject,
-                    transport=self.name,
-                    recipients=[
-                        RecipientResult(a, True, 250, "kept in memory") for a in out.recipients
-                    ],
-                )
-            )
+            results.append(SendResult.all_accepted(out, self.name, 250, "kept in memory"))
             if on_result is not None:
                 on_result(len(results) - 1, results[-1])
         return results

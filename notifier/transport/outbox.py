@@ -1,24 +1,32 @@
 """Outbox transport: the embedded default when no SMTP server is configured.
 
-Each message becomes ``<stamp>-<subject>.eml`` (open it in any mail client) and a
+Each message becomes ``<stamp>-<subject>-<id>.eml`` (open it in any mail client) and a
 ``.html`` preview beside it in which inline images are data URIs, so a browser
 shows what the recipient would see. ``index.html`` lists them, newest first.
+
+Safe to use from several threads at once: every file is written through its own
+uniquely named temporary file, and ``index.html`` is regenerated under a lock.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from notifier.preview import render_preview
-from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
+from notifier.transport.base import Outgoing, ResultCallback, SendResult
+
+log = logging.getLogger("notifier.outbox")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_INDEX_LOCK = threading.Lock()  # one index.html writer at a time in this process
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -36,54 +44,89 @@ class OutboxTransport:
     def send(
         self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None
     ) -> list[SendResult]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        results = []
+        """Write each message as ``.eml`` plus ``.html`` preview; one result each, in order.
+
+        A folder that cannot be created or written is a failed result (naming the folder,
+        the OS error and the fix), not an exception. ``on_result(index, result)`` runs as
+        soon as each message is written (or has failed).
+        """
+        results: list[SendResult] = []
         for out in messages:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            stem = f"{stamp}-{_slug(out.subject)}-{uuid.uuid4().hex[:6]}"
-            eml = self.directory / f"{stem}.eml"
-            preview = self.directory / f"{stem}.html"
-            bcc = [r for r in out.recipients if r not in _header_addresses(out)]
-            _write_atomic(eml, out.data)
-            _write_atomic(preview, render_preview(out.message, bcc).encode("utf-8"))
-            results.append(
-                SendResult(
-                    message_id=out.message_id,
-                    subject=out.subject,
-                    transport=self.name,
-                    recipients=[
-                        RecipientResult(a, True, None, "written to outbox") for a in out.recipients
-                    ],
-                    location=str(preview.resolve()),
+            try:
+                result = self._save(out)
+            except OSError as exc:
+                result = SendResult(
+                    out.message_id, out.subject, self.name, error=self._unwritable(exc)
                 )
-            )
+            results.append(result)
             if on_result is not None:
-                on_result(len(results) - 1, results[-1])
-        self.write_index()
+                on_result(len(results) - 1, result)
+        if any(r.location for r in results):
+            try:
+                self.write_index()
+            except OSError as exc:  # the messages themselves are saved
+                log.warning("could not update %s: %s", self.directory / "index.html", exc)
         return results
 
-    def write_index(self) -> Path:
-        """Regenerate ``index.html``: every preview in the outbox, newest first."""
-        rows = []
-        for page in sorted(self.directory.glob("*.html"), reverse=True):
-            if page.name == "index.html":
-                continue
-            eml = page.with_suffix(".eml")
-            rows.append(
-                f'<li><a href="{html.escape(page.name)}">{html.escape(page.stem)}</a>'
-                + (f' · <a href="{html.escape(eml.name)}">.eml</a>' if eml.exists() else "")
-                + "</li>"
-            )
-        index = self.directory / "index.html"
-        _write_atomic(
-            index,
-            (
-                '<!DOCTYPE html><html><head><meta charset="utf-8"><title>notifier outbox</title>'
-                '</head><body style="font-family:sans-serif"><h1>notifier outbox</h1>'
-                f"<p>{len(rows)} message(s), newest first.</p><ul>{''.join(rows)}</ul></body></html>"
-            ).encode(),
+    def _save(self, out: Outgoing) -> SendResult:
+        """Write one message and its preview (neither is left behind if either fails)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        stem = f"{stamp}-{_slug(out.subject)}-{uuid.uuid4().hex[:12]}"
+        eml = self.directory / f"{stem}.eml"
+        preview = self.directory / f"{stem}.html"
+        bcc = [r for r in out.recipients if r not in _header_addresses(out)]
+        try:
+            _write_atomic(eml, out.data)
+            _write_atomic(preview, render_preview(out.message, bcc).encode("utf-8"))
+        except OSError:
+            for path in (eml, preview):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+        return SendResult.all_accepted(
+            out, self.name, None, "written to outbox", location=str(preview.resolve())
         )
-        return index
+
+    def _unwritable(self, exc: OSError) -> str:
+        folder = self.directory.absolute()
+        reason = exc.strerror or str(exc)
+        if folder.exists() and not folder.is_dir():
+            reason += "; it is a file, not a folder"
+        return (
+            f"Cannot save the message in the outbox folder {folder} ({reason}); it was not "
+            "written. Fix: set NOTIFIER_OUTBOX to a writable folder."
+        )
+
+    def write_index(self) -> Path:
+        """Regenerate ``index.html``: every preview in the outbox, newest first.
+
+        Serialised by a process-wide lock, so the last writer lists every message written
+        before it and concurrent senders never replace each other's temporary file.
+        """
+        with _INDEX_LOCK:
+            rows = []
+            for page in sorted(self.directory.glob("*.html"), reverse=True):
+                if page.name == "index.html":
+                    continue
+                eml = page.with_suffix(".eml")
+                rows.append(
+                    f'<li><a href="{html.escape(page.name)}">{html.escape(page.stem)}</a>'
+                    + (f' · <a href="{html.escape(eml.name)}">.eml</a>' if eml.exists() else "")
+                    + "</li>"
+                )
+            index = self.directory / "index.html"
+            _write_atomic(
+                index,
+                (
+                    '<!DOCTYPE html><html><head><meta charset="utf-8"><title>notifier outbox</title>'
+                    '</head><body style="font-family:sans-serif"><h1>notifier outbox</h1>'
+                    f"<p>{len(rows)} message(s), newest first.</p><ul>{''.join(rows)}</ul></body></html>"
+                ).encode(),
+            )
+            return index
 
 
 def _header_addresses(out: Outgoing) -> set[str]:
@@ -94,6 +137,22 @@ def _header_addresses(out: Outgoing) -> set[str]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` through a temporary file of its own in the same folder.
+
+    The temporary name is unique (so concurrent writers never share one) and the file is
+    created like ``open(..., "wb")`` would (mode 0666 minus the umask; ``mkstemp`` would
+    make it 0600). ``os.replace`` then swaps it in atomically.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise

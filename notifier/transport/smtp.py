@@ -14,13 +14,19 @@ How a batch goes out
 * Transient failures (4xx, a dropped connection, a timeout) are retried with exponential
   backoff and jitter up to ``SMTP_RETRIES`` times; a retry is addressed only to the
   recipients that failed temporarily, never to ones already accepted. 5xx is final.
+  Once the final ``.`` of DATA has gone out, a lost link (EOF, reset, timeout) before the
+  server's reply leaves the outcome unknown: the server may have queued the message, so it
+  is not retried (that could deliver it twice); its recipients are reported as not
+  confirmed, and the batch goes on over a new connection.
 * Too-large messages (``NOTIFIER_MAX_MESSAGE_SIZE`` or the server's ``SIZE``) fail before
   DATA; the rest of the batch still goes.
-* Rate limits: ``SMTP_RATE_PER_MINUTE`` is a sliding window kept in this process (the
-  transport sleeps until a slot is free). ``SMTP_RATE_PER_DAY`` is a rolling 24-hour
-  window shared by every process through a small SQLite file,
-  ``<outbox parent>/.notifier-state/smtp-rate.sqlite3`` (see :func:`default_state_dir`);
-  when it is reached the message fails with a clear error instead of waiting a day.
+* Rate limits: ``SMTP_RATE_PER_MINUTE`` is a sliding window kept in this process and
+  shared by every transport for the same account (user, host, port), so a new transport
+  per send does not reset it; the transport sleeps until a slot is free.
+  ``SMTP_RATE_PER_DAY`` is a rolling 24-hour window shared by every process through a
+  small SQLite file, ``<outbox parent>/.notifier-state/smtp-rate.sqlite3`` (see
+  :func:`default_state_dir`); when it is reached the message fails with a clear error
+  instead of waiting a day.
 
 Failures a user can cause (DNS, refused, timeout, TLS, login, refusals) come back as
 :class:`~notifier.transport.base.SendResult` errors whose text names the cause and the fix
@@ -54,6 +60,7 @@ from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, S
 
 __all__ = [
     "DailyLimit",
+    "MinuteWindow",
     "SMTPConnection",
     "SMTPSSLConnection",
     "SMTPTransport",
@@ -62,9 +69,11 @@ __all__ = [
     "greet",
     "local_hostname",
     "login",
+    "minute_window",
     "open_session",
     "open_socket",
     "plaintext_auth_error",
+    "reset_minute_windows",
     "resolve",
     "tls_context",
 ]
@@ -156,45 +165,59 @@ def local_hostname() -> str:
     return fqdn if "." in fqdn else "localhost.localdomain"
 
 
-class SMTPConnection(smtplib.SMTP):
+class _ConnectMixin:
+    """What :class:`SMTPConnection` and :class:`SMTPSSLConnection` share.
+
+    ``connect`` remembers the host (for TLS SNI and the certificate check) and
+    ``_get_socket`` opens the TCP connection through :func:`open_socket` (DNS deadline,
+    TCP_NODELAY), then lets :meth:`_wrap` secure it, keeping ``stage`` up to date so a
+    failure can be explained: ``connect``, ``tls``, then ``greeting``.
+    """
+
+    stage = "connect"
+    _host: str
+    source_address: tuple[str, int] | None
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
+    ) -> tuple[int, bytes]:
+        """Connect to ``host:port`` and read the greeting; ``(code, text)`` as smtplib returns.
+
+        Raises ``OSError`` (DNS, refused, timeout, TLS) or ``smtplib.SMTPServerDisconnected``.
+        """
+        self._host = host  # smtplib only sets this when the host is given to __init__
+        return super().connect(host, port, source_address)  # type: ignore[misc]
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        self.stage = "connect"
+        sock = open_socket(host, port, timeout, self.source_address)
+        try:
+            sock = self._wrap(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.stage = "greeting"
+        return sock
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        """Secure a freshly connected socket before the greeting (nothing to do for plain SMTP)."""
+        return sock
+
+
+class SMTPConnection(_ConnectMixin, smtplib.SMTP):
     """smtplib.SMTP with a DNS deadline, TCP_NODELAY, and the ``stage`` it reached.
 
     Create it without a host, then call ``connect(host, port)``.
     """
 
-    stage = "connect"
 
-    def connect(self, host: str = "localhost", port: int = 0, source_address=None):  # type: ignore[override]
-        self._host = host  # smtplib only sets this when the host is given to __init__
-        return super().connect(host, port, source_address)
-
-    def _get_socket(self, host, port, timeout):  # type: ignore[override]
-        self.stage = "connect"
-        sock = open_socket(host, port, timeout, self.source_address)
-        self.stage = "greeting"
-        return sock
-
-
-class SMTPSSLConnection(smtplib.SMTP_SSL):
+class SMTPSSLConnection(_ConnectMixin, smtplib.SMTP_SSL):
     """smtplib.SMTP_SSL (implicit TLS) with a DNS deadline, TCP_NODELAY and ``stage``."""
 
-    stage = "connect"
-
-    def connect(self, host: str = "localhost", port: int = 0, source_address=None):  # type: ignore[override]
-        self._host = host
-        return super().connect(host, port, source_address)
-
-    def _get_socket(self, host, port, timeout):  # type: ignore[override]
-        self.stage = "connect"
-        sock = open_socket(host, port, timeout, self.source_address)
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        """The TLS handshake, verifying the certificate for the host given to ``connect``."""
         self.stage = "tls"
-        try:
-            wrapped = self.context.wrap_socket(sock, server_hostname=self._host)
-        except BaseException:
-            sock.close()
-            raise
-        self.stage = "greeting"
-        return wrapped
+        return self.context.wrap_socket(sock, server_hostname=self._host)
 
 
 class SessionError(Exception):
@@ -367,6 +390,32 @@ class DailyLimit:
             db.close()
 
 
+class MinuteWindow:
+    """The sends of the last minute for one account, shared by every transport in the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recent: deque[float] = deque()
+
+
+_MINUTE_WINDOWS: dict[tuple[str, str, int], MinuteWindow] = {}
+_MINUTE_WINDOWS_LOCK = threading.Lock()
+
+
+def minute_window(settings: Settings) -> MinuteWindow:
+    """The process-wide per-minute window for ``settings``' account: (user, host, port)."""
+    assert settings.host is not None and settings.port is not None, "no SMTP host configured"
+    key = (settings.user or "", settings.host, settings.port)
+    with _MINUTE_WINDOWS_LOCK:
+        return _MINUTE_WINDOWS.setdefault(key, MinuteWindow())
+
+
+def reset_minute_windows() -> None:
+    """Forget every per-minute window (for tests that drive the limiter with a fake clock)."""
+    with _MINUTE_WINDOWS_LOCK:
+        _MINUTE_WINDOWS.clear()
+
+
 # --------------------------------------------------------------------------------------------
 # The transport
 # --------------------------------------------------------------------------------------------
@@ -397,6 +446,20 @@ class _ServerClosing(Exception):
         super().__init__(f"{code} {text}")
 
 
+MAYBE_DELIVERED = (
+    "connection lost after the message was sent: the server may have delivered it; "
+    "not retried to avoid a duplicate"
+)
+
+
+class _OutcomeUnknown(Exception):
+    """The link failed after the end of DATA was sent, before the server's reply."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        super().__init__(str(original))
+
+
 class _Abort(Exception):
     """The server cannot be used any more in this batch; ``text`` goes to every later message."""
 
@@ -417,8 +480,9 @@ def _is4(code: int) -> bool:
 class SMTPTransport:
     """Delivers composed messages over SMTP; see the module docstring for the behaviour.
 
-    One instance keeps per-minute rate state between ``send()`` calls; it is not
-    thread-safe (use one per thread).
+    The per-minute rate window lives in a process-wide registry (:func:`minute_window`),
+    shared by every instance for the same account. An instance holds one connection, so it
+    is not thread-safe (use one per thread).
 
     ``backoff`` and ``backoff_cap`` shape the retry delays (``backoff * 2**n``, capped,
     with jitter); ``clock``/``sleep``/``wall`` and ``rate_window`` exist so tests can drive the
@@ -450,7 +514,7 @@ class SMTPTransport:
         self._context: ssl.SSLContext | None = None  # made on first use (loading CAs is slow)
         self._session: _Session | None = None
         self._stage = "connect"
-        self._recent: deque[float] = deque()
+        self._minute = minute_window(settings)
         self.connections_opened = 0
         self._secrets = list(settings.secrets())
         if settings.user and settings.password:
@@ -566,8 +630,8 @@ class SMTPTransport:
             if token is not None and not abort.result.accepted:
                 self._release(token)
             raise
-        if token is not None and not result.accepted:
-            self._release(token)
+        if token is not None and not result.accepted and not _maybe_delivered(result):
+            self._release(token)  # nobody got it; an unknown outcome keeps its slot
         return result
 
     def _release(self, token: float) -> None:
@@ -623,6 +687,18 @@ class SMTPTransport:
                 problem, connection_trouble = hint(exc, settings), False
                 self._log(logging.WARNING, "not sending %s: %s", out.message_id, problem)
                 break
+            except _OutcomeUnknown as exc:
+                # Retrying could deliver the message twice: report it, move on to the next.
+                self._drop_session()
+                detail = hint(exc.original, settings, stage="data").cause.rstrip(".")
+                problem = Hint(
+                    f"The connection was lost after the message was sent ({detail}): the "
+                    "server may have delivered it, so it was not retried to avoid a duplicate.",
+                    "check with the recipients whether it arrived before sending it again",
+                )
+                for address in pending:
+                    final[address] = RecipientResult(address, False, None, MAYBE_DELIVERED)
+                pending, connection_trouble = [], False
             except _ServerClosing as exc:
                 self._drop_session()
                 problem, connection_trouble = hint((exc.code, exc.text), settings), False
@@ -721,16 +797,17 @@ class SMTPTransport:
         result.attempts = attempts
         if not any(r.accepted for r in recipients):
             reason = str(problem) if problem else "No recipient was accepted."
-            if recipients:
+            if recipients and not _maybe_delivered(result):
                 reason = f"Not delivered to any recipient ({attempts} attempt(s)): {reason}"
             result.error = self._redact(reason)
         for r in recipients:
             if not r.accepted:
                 self._log(
                     logging.WARNING,
-                    "%s: %s not delivered (%s %s)",
+                    "%s: %s %s (%s %s)",
                     result.message_id or result.subject,
                     r.address,
+                    "not confirmed" if r.reply == MAYBE_DELIVERED else "not delivered",
                     r.code,
                     r.reply,
                 )
@@ -763,8 +840,7 @@ class SMTPTransport:
             usable = _is2(outcome.mail[0]) and any(_is2(c) for c, _ in outcome.rcpt.values())
             if go_ahead[0] == 354:
                 if usable:
-                    conn.send(payload)
-                    outcome.data = self._reply(conn)
+                    outcome.data = self._end_of_data(conn, payload)
                     session.needs_rset = False
                 else:  # RFC 2920: a server may accept DATA with no valid recipient
                     conn.send(b".\r\n")
@@ -793,10 +869,23 @@ class SMTPTransport:
         if go_ahead[0] != 354:
             outcome.data = go_ahead
             return outcome
-        conn.send(payload)
-        outcome.data = self._reply(conn)
+        outcome.data = self._end_of_data(conn, payload)
         session.needs_rset = False
         return outcome
+
+    def _end_of_data(self, conn: smtplib.SMTP, payload: bytes) -> tuple[int, str]:
+        """Send the message with its final dot and return the server's verdict.
+
+        A failure while sending is safe to retry: the final dot did not get through, so the
+        server discards the partial message. Once it has been sent, a lost link (EOF, reset,
+        timeout, an unreadable reply) raises :class:`_OutcomeUnknown`: the server may have
+        queued the message. A ``421`` reply is an answer (not queued) and stays retryable.
+        """
+        conn.send(payload)
+        try:
+            return self._reply(conn)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise _OutcomeUnknown(exc) from exc
 
     def _reply(self, conn: smtplib.SMTP) -> tuple[int, str]:
         code, raw = conn.getreply()
@@ -891,25 +980,32 @@ class SMTPTransport:
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
 
     def _wait_for_minute_slot(self) -> None:
+        """Take a slot in the account's shared per-minute window, sleeping until one is free.
+
+        The window's lock is held while sleeping, so waiting senders take slots in turn.
+        """
         cap = self.settings.rate_per_minute
         if not cap:
             return
-        now = self._clock()
-        while self._recent and self._recent[0] <= now - self.rate_window:
-            self._recent.popleft()
-        if len(self._recent) >= cap:
-            wait = self._recent[0] + self.rate_window - now
-            self._log(
-                logging.INFO,
-                "rate limit SMTP_RATE_PER_MINUTE=%d reached; waiting %.1f s",
-                cap,
-                wait,
-            )
-            self._sleep(max(wait, 0.0))
+        window = self._minute
+        with window.lock:
+            recent = window.recent
             now = self._clock()
-            while self._recent and self._recent[0] <= now - self.rate_window:
-                self._recent.popleft()
-        self._recent.append(now)
+            while recent and recent[0] <= now - self.rate_window:
+                recent.popleft()
+            if len(recent) >= cap:
+                wait = recent[0] + self.rate_window - now
+                self._log(
+                    logging.INFO,
+                    "rate limit SMTP_RATE_PER_MINUTE=%d reached; waiting %.1f s",
+                    cap,
+                    wait,
+                )
+                self._sleep(max(wait, 0.0))
+                now = self._clock()
+                while recent and recent[0] <= now - self.rate_window:
+                    recent.popleft()
+            recent.append(now)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -929,6 +1025,11 @@ class SMTPTransport:
     def _log(self, level: int, message: str, *args: object) -> None:
         if log.isEnabledFor(level):
             log.log(level, "%s", self._redact(message % args if args else message))
+
+
+def _maybe_delivered(result: SendResult) -> bool:
+    """Did the link fail after the end of DATA for some recipient (outcome unknown)?"""
+    return any(r.reply == MAYBE_DELIVERED and not r.accepted for r in result.recipients)
 
 
 def _still_usable(sock: socket.socket) -> bool:
