@@ -54,3 +54,9 @@ class RunError(NotifierError):
     """A notebook run could not start: missing notebook, undeclared parameter, runs folder."""
 
     exit_code = 2
+
+
+class UsageError(NotifierError):
+    """A command-line argument is wrong (a repeated -p, a non-positive --timeout...)."""
+
+    exit_code = 2

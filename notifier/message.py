@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import email.policy
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -256,10 +256,3 @@ def referenced_cids(markup: str) -> set[str]:
 def new_cid(domain: str = "notifier.local") -> str:
     """A fresh Content-ID without angle brackets."""
     return make_msgid(domain=domain)[1:-1]
-
-
-def compose_all(
-    mails: Sequence[Email], *, default_sender: str, max_size: int | None = None
-) -> list[Outgoing]:
-    """Compose several emails; the first invalid one raises before anything is sent."""
-    return [compose(m, default_sender=default_sender, max_size=max_size) for m in mails]

@@ -33,7 +33,7 @@ def make(n: int = 0, subject: str | None = None) -> Outgoing:
 
 def listed(folder: Path) -> list[str]:
     """The preview pages index.html links to."""
-    return re.findall(r'<li><a href="([^"]+\.html)">', (folder / "index.html").read_text())
+    return re.findall(r'<td><a href="([^"]+\.html)">', (folder / "index.html").read_text())
 
 
 # -- concurrent senders ------------------------------------------------------------------------

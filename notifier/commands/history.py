@@ -12,17 +12,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--failed", action="store_true", help="only failed or interrupted runs")
     parser.add_argument("--limit", type=int, default=20, metavar="N")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--jobs", default="jobs.yaml", metavar="FILE", help="for each job's time zone"
+    )
     parser.set_defaults(handler=run)
+
+
+def _job_zones(path: str) -> dict:
+    """Each job's time zone from jobs.yaml, when it is there and valid (history works without)."""
+    from notifier.errors import NotifierError
+    from notifier.jobs import load_jobs
+
+    try:
+        return {job.name: job.tz for job in load_jobs(path).jobs}
+    except (NotifierError, OSError):
+        return {}
 
 
 def run(args: argparse.Namespace) -> int:
     from notifier.commands.common import settings_from_env
-    from notifier.errors import NotifierError
+    from notifier.errors import UsageError
     from notifier.ledger import Ledger
 
     if args.limit < 1:
-        raise NotifierError("--limit must be at least 1.", "e.g. --limit 20")
+        raise UsageError("--limit must be at least 1.", "e.g. --limit 20")
     settings = settings_from_env()
+    zones = _job_zones(args.jobs)
     ledger = Ledger(settings.db_url)
     try:
         runs = ledger.history(args.job, failed=args.failed, limit=args.limit)
@@ -33,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "job": run.job,
                     "run_id": run.run_id,
-                    "slot": run.slot.isoformat(),
+                    "slot": run.slot.astimezone(zones[run.job]).isoformat()
+                    if run.job in zones
+                    else run.slot.isoformat(),
                     "trigger": run.trigger,
                     "status": run.status,
                     "attempt": run.attempt,
@@ -59,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
+        if args.job and zones and args.job not in zones:
+            raise UsageError(
+                f"No job named {args.job!r} in {args.jobs} and no runs recorded for it.",
+                f"known jobs: {', '.join(sorted(zones))}",
+            )
         print("no runs recorded" + (f" for {args.job}" if args.job else ""))
         return 0
     for row in rows:

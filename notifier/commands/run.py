@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from notifier.errors import NotifierError
+from notifier.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,13 +66,20 @@ def run(args: argparse.Namespace) -> int:
 
     hide_environment_from_children()
     if args.timeout is not None and args.timeout <= 0:
-        raise NotifierError("--timeout must be a positive number of seconds.", "e.g. --timeout 600")
+        raise UsageError("--timeout must be a positive number of seconds.", "e.g. --timeout 600")
+    names = [name for name, _ in args.parameter]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(
+            f"The parameter(s) {', '.join(repeated)} are given more than once.",
+            "pass each -p NAME VALUE once",
+        )
     target = Path(args.target)
     if target.suffix != ".ipynb" and not target.is_file():
         from notifier.commands.jobrun import run_job_now
 
         if not Path(args.jobs).is_file():
-            raise NotifierError(
+            raise UsageError(
                 f"{args.target!r} is not a notebook, and there is no {args.jobs} to find a job "
                 "of that name in.",
                 "pass the path of an .ipynb file, or run from the folder of your jobs.yaml "

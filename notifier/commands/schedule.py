@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from notifier.commands.common import announce_outbox, settings_from_env
-    from notifier.errors import NotifierError
+    from notifier.errors import UsageError
     from notifier.processes import hide_environment_from_children
     from notifier.scheduler import Daemon
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_env()
     if args.workers is not None:
         if args.workers < 1:
-            raise NotifierError("--workers must be at least 1.", "e.g. --workers 4")
+            raise UsageError("--workers must be at least 1.", "e.g. --workers 4")
         settings = settings.with_overrides(workers=args.workers)
     daemon = Daemon(args.jobs_file, settings)  # a bad jobs.yaml stops here (exit 2)
     announce_outbox(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from notifier.errors import NotifierError
+from notifier.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,11 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _read(path: Path, what: str) -> str:
     if not path.is_file():
-        raise NotifierError(f"The {what} {str(path)!r} does not exist.", "check the path")
+        raise UsageError(f"The {what} {str(path)!r} does not exist.", "check the path")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise NotifierError(
+        raise UsageError(
             f"The {what} {str(path)!r} is not UTF-8 text.", "save it as UTF-8"
         ) from None
 

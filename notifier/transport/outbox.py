@@ -107,26 +107,48 @@ class OutboxTransport:
         before it and concurrent senders never replace each other's temporary file.
         """
         with _INDEX_LOCK:
-            rows = []
-            for page in sorted(self.directory.glob("*.html"), reverse=True):
-                if page.name == "index.html":
-                    continue
-                eml = page.with_suffix(".eml")
-                rows.append(
-                    f'<li><a href="{html.escape(page.name)}">{html.escape(page.stem)}</a>'
-                    + (f' · <a href="{html.escape(eml.name)}">.eml</a>' if eml.exists() else "")
-                    + "</li>"
-                )
+            pages = [p for p in self.directory.glob("*.html") if p.name != "index.html"]
+            pages.sort(reverse=True)  # names start with a timestamp
+            rows = [_index_row(page) for page in pages[:INDEX_LIMIT]]
+            more = f" (newest {INDEX_LIMIT} shown)" if len(pages) > INDEX_LIMIT else ""
             index = self.directory / "index.html"
             _write_atomic(
                 index,
                 (
                     '<!DOCTYPE html><html><head><meta charset="utf-8"><title>notifier outbox</title>'
                     '</head><body style="font-family:sans-serif"><h1>notifier outbox</h1>'
-                    f"<p>{len(rows)} message(s), newest first.</p><ul>{''.join(rows)}</ul></body></html>"
+                    f"<p>{len(pages)} message(s), newest first{more}.</p>"
+                    '<table style="border-collapse:collapse" cellpadding="4">'
+                    "<tr><th align=left>Date</th><th align=left>Subject</th>"
+                    "<th align=left>To</th><th></th></tr>"
+                    f"{''.join(rows)}</table></body></html>"
                 ).encode(),
             )
             return index
+
+
+INDEX_LIMIT = 500
+
+
+def _index_row(page: Path) -> str:
+    """One row of the index: date, subject and recipients read from the .eml headers."""
+    from email.parser import BytesHeaderParser
+    from email.policy import default
+
+    eml = page.with_suffix(".eml")
+    date = subject = to = ""
+    try:
+        with open(eml, "rb") as handle:
+            headers = BytesHeaderParser(policy=default).parse(handle)
+        date, subject, to = (str(headers.get(h, "")) for h in ("Date", "Subject", "To"))
+    except OSError:
+        subject = page.stem
+    link = f'<a href="{html.escape(page.name)}">{html.escape(subject or page.stem)}</a>'
+    raw = f' <a href="{html.escape(eml.name)}">.eml</a>' if eml.exists() else ""
+    return (
+        f"<tr><td>{html.escape(date)}</td><td>{link}</td><td>{html.escape(to)}</td>"
+        f"<td>{raw}</td></tr>"
+    )
 
 
 def _header_addresses(out: Outgoing) -> set[str]:
