@@ -43,3 +43,21 @@ def write_notebook(
     nbformat.validate(nb)
     nbformat.write(nb, str(path))
     return path
+
+
+def kernels_of_run(run_id: str) -> list:
+    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
+                continue
+            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

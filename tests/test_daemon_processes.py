@@ -31,7 +31,7 @@ import psutil
 import pytest
 from smtp_server import SMTPTestServer, _Handler
 
-from notebooks import write_notebook
+from notebooks import kernels_of_run, write_notebook
 from notifier.ledger import Ledger, Run
 
 UTC = timezone.utc
@@ -299,22 +299,6 @@ jobs:
     parameters: {parameters}
 """
     return text, slot
-
-
-def kernels_of_run(run_id: str) -> list[psutil.Process]:
-    """Live ipykernel_launcher processes started for ``run_id``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
-                continue
-            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def sigkill(daemon: Daemon) -> None:

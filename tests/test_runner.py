@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from notebooks import write_notebook
+from notebooks import kernels_of_run, write_notebook
 from notifier.config import parse_settings
 from notifier.errors import MessageError, RunError
 from notifier.message import Email
@@ -66,22 +66,6 @@ def email_bundles(notebook: Path) -> list[dict]:
         for output in cell.get("outputs", [])
         if EMAIL_MIME in output.get("data", {})
     ]
-
-
-def ipykernels_of_run(run_id: str) -> list[psutil.Process]:
-    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
-                continue
-            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def gone(pid: int) -> bool:
@@ -519,7 +503,7 @@ def test_timeout_kills_the_kernel_and_its_children(tmp_path):
     kernel_pid, child_pid = (int(p) for p in pidfile.read_text().split())
     assert gone(kernel_pid), f"kernel {kernel_pid} still alive"
     assert gone(child_pid), f"sleep child {child_pid} still alive"
-    assert ipykernels_of_run("timeout00001") == []
+    assert kernels_of_run("timeout00001") == []
     assert [m.subject for m in transport.sent] == [
         "[notifier] FAILED: slow: timed out after 6s; the kernel was killed"
     ]
@@ -561,7 +545,7 @@ def test_cell_timeout_fails_the_run(tmp_path):
     assert outcome.error.startswith("a cell exceeded the cell timeout: "), outcome.error
     assert outcome.execution.duration < 60
     assert [m.subject for m in transport.sent] == [f"[notifier] FAILED: stuck: {outcome.error}"]
-    assert ipykernels_of_run("celltimeout1") == []
+    assert kernels_of_run("celltimeout1") == []
 
 
 def test_dead_kernel_fails_the_run(tmp_path):
@@ -576,7 +560,7 @@ def test_dead_kernel_fails_the_run(tmp_path):
     assert "kernel died" in outcome.error
     assert len(transport.sent) == 1
     assert "kernel died" in transport.sent[0].subject
-    assert ipykernels_of_run("deadkernel01") == []
+    assert kernels_of_run("deadkernel01") == []
 
 
 # -- the SMTP password never reaches the kernel or the archive ----------------------------------
