@@ -34,6 +34,7 @@ class IPCKernelManager(AsyncKernelManager):
         return str(folder / "k")
 
     async def start_kernel(self, **kw: Any) -> None:
+        """Start the kernel and record how long the launch took."""
         started = time.perf_counter()
         await super().start_kernel(**kw)
         TIMINGS["kernel_launch"] = time.perf_counter() - started
@@ -43,6 +44,7 @@ class TimedClient(PapermillNotebookClient):
     """Records how long the kernel took to become ready."""
 
     async def async_start_new_kernel_client(self) -> Any:
+        """Connect to the kernel and record when it answered."""
         started = time.perf_counter()
         client = await super().async_start_new_kernel_client()
         TIMINGS["kernel_ready"] = time.perf_counter() - started + TIMINGS.get("kernel_launch", 0)
@@ -56,6 +58,7 @@ class IPCEngine(NBClientEngine):
 
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+        """Execute with papermill's notebook client over IPC sockets."""
         start_timeout = kwargs.pop("start_timeout", 60)
         execution_timeout = kwargs.pop("execution_timeout", None)
         for unused in ("input_path", "timeout", "startup_timeout"):

@@ -24,10 +24,12 @@ class Part:
 
     @property
     def maintype(self) -> str:
+        """``image`` of ``image/png``."""
         return self.mime_type.split("/", 1)[0]
 
     @property
     def subtype(self) -> str:
+        """``png`` of ``image/png``."""
         return self.mime_type.split("/", 1)[1]
 
 

@@ -164,6 +164,7 @@ class ReportEmail:
     # -- what is sent ----------------------------------------------------------------------
     @property
     def body_html(self) -> str:
+        """The HTML body built so far."""
         return "\n".join(self._blocks)
 
     def to_email(self) -> Email:

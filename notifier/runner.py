@@ -61,10 +61,12 @@ class RunRequest:
 
     @property
     def name(self) -> str:
+        """The job name, or the notebook's file name without .ipynb."""
         return self.job_name or Path(self.notebook).stem
 
     @property
     def failure_recipients(self) -> list[str]:
+        """Who gets the failure email: on_failure, else to + cc."""
         return list(self.on_failure) if self.on_failure is not None else [*self.to, *self.cc]
 
 
@@ -85,10 +87,12 @@ class Execution:
 
     @property
     def output_notebook(self) -> Path:
+        """The executed notebook in the run folder."""
         return self.run_dir / "output.ipynb"
 
     @property
     def output_html(self) -> Path:
+        """Its HTML rendering."""
         return self.run_dir / "output.html"
 
 
@@ -112,10 +116,12 @@ class RunOutcome:
 
     @property
     def ok(self) -> bool:
+        """True when the run succeeded or was skipped."""
         return self.status in {"succeeded", "skipped"}
 
 
 def new_run_id() -> str:
+    """A short random id for a run that is not in the ledger."""
     return uuid.uuid4().hex[:12]
 
 

@@ -72,6 +72,7 @@ class SlotExecutor(ThreadPoolExecutor):
         self._pool.submit(run).add_done_callback(done)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop the pool; queued runs are cancelled, running ones go on."""
         self._pool.shutdown(wait, cancel_futures=True)
 
 

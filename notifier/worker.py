@@ -121,6 +121,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Entry point: run the spec file named in argv[1], write result.json."""
     _die_with_parent()
     spec_path = Path(argv[1])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `history` command (past runs from the ledger)."""
     parser = subparsers.add_parser("history", help="past runs from the ledger")
     parser.add_argument("job", nargs="?", help="only this job")
     parser.add_argument("--failed", action="store_true", help="only failed or interrupted runs")
@@ -30,6 +31,7 @@ def _job_zones(path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Carry out `notifier history`; returns the exit code."""
     from notifier.commands.common import settings_from_env
     from notifier.errors import UsageError
     from notifier.ledger import Ledger

@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `list` command (jobs with next run and last outcome)."""
     parser = subparsers.add_parser("list", help="jobs with their next run and last outcome")
     parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -14,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Carry out `notifier list`; returns the exit code."""
     from notifier.commands.common import settings_from_env
     from notifier.jobs import load_jobs
     from notifier.ledger import Ledger

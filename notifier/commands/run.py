@@ -9,6 +9,7 @@ from notifier.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `run` command (run a notebook or a job now)."""
     parser = subparsers.add_parser(
         "run",
         help="run a notebook or a job now",
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Carry out `notifier run`; returns the exit code."""
     from notifier.commands.common import announce_outbox, print_results, settings_from_env
     from notifier.notebook_params import check_parameters, parse_cli_value
     from notifier.processes import hide_environment_from_children

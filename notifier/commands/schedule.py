@@ -6,6 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `schedule` command (the scheduling daemon)."""
     parser = subparsers.add_parser(
         "schedule",
         help="run the jobs of jobs.yaml on their schedules (daemon)",
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Carry out `notifier schedule`; returns the exit code."""
     from notifier.commands.common import announce_outbox, settings_from_env
     from notifier.errors import UsageError
     from notifier.processes import hide_environment_from_children

@@ -9,6 +9,7 @@ from notifier.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `send` command (one email with attachments)."""
     parser = subparsers.add_parser(
         "send",
         help="send one email with attachments",
@@ -43,6 +44,7 @@ def _read(path: Path, what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Carry out `notifier send`; returns the exit code."""
     from notifier.commands.common import announce_outbox, print_results, settings_from_env
     from notifier.message import Email, compose
     from notifier.parts import attachment_part

@@ -36,10 +36,12 @@ class Outgoing:
 
     @property
     def message_id(self) -> str:
+        """The Message-ID header."""
         return str(self.message.get("Message-ID", ""))
 
     @property
     def subject(self) -> str:
+        """The Subject header."""
         return str(self.message.get("Subject", ""))
 
 
@@ -93,10 +95,12 @@ class SendResult:
 
     @property
     def accepted(self) -> list[str]:
+        """Recipients the server accepted."""
         return [r.address for r in self.recipients if r.accepted]
 
     @property
     def refused(self) -> list[RecipientResult]:
+        """Recipients the server refused, with its reply."""
         return [r for r in self.recipients if not r.accepted]
 
     def summary_lines(self) -> list[str]:
