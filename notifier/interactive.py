@@ -32,11 +32,31 @@ def project_settings(root: Path | None = None) -> Settings:
         for name in ("outbox_dir", "runs_dir")
         if not getattr(settings, name).is_absolute()
     }
-    sqlite_prefix = "sqlite:///"
-    path = settings.db_url.removeprefix(sqlite_prefix)
-    if settings.db_url.startswith(sqlite_prefix) and path and not path.startswith("/"):
-        anchored["db_url"] = f"{sqlite_prefix}{root / path}"
+    database_url = _anchored_sqlite_url(settings.db_url, root)
+    if database_url is not None:
+        anchored["db_url"] = database_url
     return settings.with_overrides(**anchored)
+
+
+def _anchored_sqlite_url(url: str, root: Path) -> str | None:
+    """A relative SQLite file path made absolute at ``root``; None when there is nothing to do."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # the ledger reports a bad URL itself
+    database = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or Path(database).is_absolute()
+    ):
+        return None
+    return parsed.set(database=str(root / database)).render_as_string(hide_password=False)
 
 
 def preview(mail: Email, *, budget: int | None = None) -> str:

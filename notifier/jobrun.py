@@ -14,7 +14,6 @@ import shutil
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from notifier.config import Settings
 from notifier.errors import MessageError, NotifierError
@@ -28,6 +27,7 @@ from notifier.runner import (
     deliver,
     execute,
     failure_email,
+    job_runs_folder,
     plan,
 )
 from notifier.transport import Outgoing, SendResult, Transport, transport_for
@@ -298,7 +298,9 @@ class SlotRunner:
             + f"<p>Notebook: {html.escape(str(job.notebook))}<br>Slot: {run.slot.isoformat()}</p>"
         )
         mail = Email(
-            subject=f"[notifier] FAILED: {job.name}: {message}"[:200], to=recipients, html=body
+            subject=f"[notifier] FAILED: {job.name}: {message.splitlines()[0]}"[:200],
+            to=recipients,
+            html=body,
         )
         outgoing = compose(mail, default_sender=self.settings.from_address) if recipients else None
         self._notify(run, "failure", outgoing, "failure")
@@ -345,8 +347,10 @@ class SlotRunner:
             f"{html.escape(execution.skip_reason or '')}.</p>"
             f"<p>The alert started with slot {previous.slot.astimezone(job.tz):%Y-%m-%d %H:%M %Z}.</p>"
         )
+        visible = [r for r in recipients if r in {*job.to, *job.cc}]
+        hidden = [r for r in recipients if r not in visible]  # e.g. bcc: stays blind
         outgoing = compose(
-            Email(subject=f"RECOVERED: {job.name}", to=recipients, html=body),
+            Email(subject=f"RECOVERED: {job.name}", to=visible, bcc=hidden, html=body),
             default_sender=self.settings.from_address,
         )
         ok = self._notify(run, "recovery", outgoing, "recovery")
@@ -366,11 +370,16 @@ class SlotRunner:
         return list(dict.fromkeys(delivered)) or [*job.to, *job.cc]
 
     def _apply_retention(self, job: Job) -> None:
+        """Remove ledger rows and run folders (every attempt) older than keep_runs."""
         if not job.keep_runs_seconds:
             return
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=job.keep_runs_seconds)
-        runs_root = self.settings.runs_dir.resolve()
-        for path in self.ledger.purge(job.name, cutoff):
-            folder = Path(path).resolve().parent
-            if runs_root in folder.parents and folder.is_dir():
+        self.ledger.purge(job.name, cutoff)
+        job_folder = job_runs_folder(self.settings.runs_dir, job.name).resolve()
+        for folder in job_folder.glob("*T*Z-*") if job_folder.is_dir() else ():
+            try:  # folder names start with the slot: 20261122T080000Z-<run id>[-N]
+                stamp = datetime.strptime(folder.name[:16], "%Y%m%dT%H%M%SZ")
+            except ValueError:
+                continue
+            if stamp.replace(tzinfo=timezone.utc) < cutoff and folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)

@@ -724,12 +724,17 @@ def load_jobs(path: str | Path, env: Mapping[str, str] | None = None) -> JobsFil
     """Load and validate a jobs file.
 
     Relative notebook paths resolve against the file's directory; ``${VAR}`` expands from
-    ``env`` (default ``os.environ``), which also supplies ``NOTIFIER_TIMEZONE``, the zone of
+    ``env`` (default: the environment over the project's ``.env``), which also supplies ``NOTIFIER_TIMEZONE``, the zone of
     jobs that set none (else UTC). Raises JobsFileError listing every problem at once.
     """
     path = Path(path)
     shown = str(path)
-    env = os.environ if env is None else env
+    if env is None:  # the environment, over the project's .env (as for every setting)
+        from notifier.config import read_environment
+        from notifier.interactive import project_root
+
+        project = project_root(Path(path).resolve().parent)
+        env = read_environment(dotenv_path=project / ".env")
     text = _read(path, shown)
     root, data = _parse_yaml(text, shown)
     report = _Report(shown, root, data)

@@ -125,10 +125,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def job_runs_folder(runs_dir: Path, job_name: str) -> Path:
+    """``runs/<job>``: where every run folder of a job lives."""
+    return runs_dir / (_SAFE_NAME.sub("-", job_name) or "job")
+
+
 def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Path:
     """A new ``runs/<job>/<stamp>-<run id>[-N]`` folder (each attempt gets its own)."""
     stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = runs_dir / (_SAFE_NAME.sub("-", job_name) or "job") / f"{stamp}-{run_id}"
+    base = job_runs_folder(runs_dir, job_name) / f"{stamp}-{run_id}"
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         for number in range(1, 1000):

@@ -178,9 +178,12 @@ class Daemon:
         """Runs of dead owners (now marked interrupted), and at start those stopped by a
         shutdown."""
         runs = {run.run_id: run for run in self.ledger.recover_interrupted()}
+        now = self.clock()
         for job in self._jobs.values() if include_stopped else ():
+            grace = timedelta(seconds=job.misfire.grace_seconds)
             for run in self.ledger.history(job.name, limit=20):
-                if run.status == "interrupted" and not run.manual:
+                # only the ones that can still be re-run: no log line for old history
+                if run.status == "interrupted" and not run.manual and now - run.slot <= grace:
                     runs.setdefault(run.run_id, run)
         return sorted(runs.values(), key=lambda run: run.slot)
 
@@ -246,33 +249,41 @@ class Daemon:
         if self.stopping.is_set() or slot is None:  # slot is always passed by SlotExecutor
             return
         job = self._jobs.get(name)
-        if job is None or not job.enabled:
-            return
-        late = self.clock() - slot
-        if late > timedelta(seconds=job.misfire.grace_seconds):
-            log.warning(
-                "%s: slot %s started %s late, past its grace period: not run", name, slot, late
-            )
-            return
-        if job.misfire.policy == "skip" and late > LATE_TOLERANCE:
-            log.warning("%s: slot %s is %s late: not run (misfire policy skip)", name, slot, late)
+        if job is None or not job.enabled or self._too_late(job, slot):
             return
         self._run(job, slot, "schedule")
 
+    def _too_late(self, job: Job, slot: datetime) -> bool:
+        """Apply the misfire policy to a slot about to start (logs why it does not)."""
+        late = self.clock() - slot
+        if late > timedelta(seconds=job.misfire.grace_seconds):
+            log.warning(
+                "%s: slot %s started %s late, past its grace period: not run", job.name, slot, late
+            )
+            return True
+        if job.misfire.policy == "skip" and late > LATE_TOLERANCE:
+            log.warning(
+                "%s: slot %s is %s late: not run (misfire policy skip)", job.name, slot, late
+            )
+            return True
+        return False
+
     @contextlib.contextmanager
-    def _running(self, job_name: str, *, wait: bool) -> Iterator[bool]:
-        """Hold a worker slot and the job's lock; yields False when the job is busy."""
+    def _running(self, job_name: str) -> Iterator[bool]:
+        """Hold the job's lock and a worker slot; yields False when the daemon is stopping."""
         lock = self._job_locks.setdefault(job_name, threading.Lock())
-        if not lock.acquire(blocking=wait):
-            yield False
-            return
+        lock.acquire()
         try:
             with self._run_slots:
-                if self.stopping.is_set():
+                with self._active_lock:  # atomic with shutdown's wait for _active == 0
+                    if self.stopping.is_set():
+                        stopped = True
+                    else:
+                        stopped = False
+                        self._active += 1
+                if stopped:
                     yield False
                     return
-                with self._active_lock:
-                    self._active += 1
                 try:
                     yield True
                 finally:
@@ -283,12 +294,12 @@ class Daemon:
             lock.release()
 
     def _run(self, job: Job, slot: datetime, trigger: str) -> None:
-        with self._running(job.name, wait=trigger != "schedule") as allowed:
+        # Waits behind a catch-up or re-run of the same job (APScheduler's max_instances
+        # already refuses a scheduled slot while the previous scheduled one runs).
+        with self._running(job.name) as allowed:
             if not allowed:
-                if not self.stopping.is_set():
-                    log.warning(
-                        "%s: slot %s not run: the previous run is still going", job.name, slot
-                    )
+                return
+            if trigger == "schedule" and self._too_late(job, slot):
                 return
             started = time.perf_counter()
             local = slot.astimezone(job.tz).isoformat()
@@ -304,7 +315,7 @@ class Daemon:
                 )
 
     def _resume(self, job: Job, run: Run) -> None:
-        with self._running(job.name, wait=True) as allowed:
+        with self._running(job.name) as allowed:
             if not allowed:
                 return
             status = self.runner.resume(job, run)

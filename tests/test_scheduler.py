@@ -28,7 +28,7 @@ from notifier.config import Settings, parse_settings
 from notifier.jobs import Job
 from notifier.ledger import Ledger
 from notifier.message import Email
-from notifier.runner import email_key
+from notifier.runner import email_key, run_folder
 from notifier.schedule import parse_schedule
 from notifier.scheduler import Daemon, missed_slots
 from notifier.transport.memory import MemoryTransport
@@ -426,6 +426,8 @@ jobs:
     assert recovered.subject == "RECOVERED: split-alert"
     # the notebook mailed Alice and Bob itself; the job's own `to` never got the alert
     assert recovered.recipients == ("alice@example.com", "bob@example.com")
+    # not in the job's to/cc: they get it blind, as nobody listed them together
+    assert recovered.message.get("To") is None and recovered.message.get("Bcc") is None
     quiet_run = scheduled_runs(daemon.ledger, "split-alert")[-1]
     recorded = {(d.email_key, d.recipient) for d in daemon.ledger.deliveries(quiet_run.run_id)}
     assert recorded == {("recovery", "alice@example.com"), ("recovery", "bob@example.com")}
@@ -489,19 +491,22 @@ jobs:
     runs_dir = project.settings.runs_dir
     seeder = project.ledger()
 
-    def seeded(slot: datetime, folder: Path) -> str:
-        folder.mkdir(parents=True)
-        (folder / "output.ipynb").write_text("{}")
+    def seeded(slot: datetime, attempts: int = 1, outside: Path | None = None) -> tuple[str, Path]:
         run = seeder.claim("kept", slot)
         assert run is not None
+        folders = [run_folder(runs_dir, "kept", run.run_id, slot) for _ in range(attempts)]
+        folder = outside or folders[-1]  # each attempt has its own folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "output.ipynb").write_text("{}")
         seeder.record_delivery(run.run_id, "0:x", "<m@x>", "ops@example.com", "accepted", 250)
         seeder.finish(run.run_id, "succeeded", output_path=str(folder / "output.ipynb"))
-        return run.run_id
+        return run.run_id, folders[0]
 
-    old = seeded(now - timedelta(days=3), runs_dir / "kept" / "old")
-    older_failed = seeded(now - timedelta(days=2), runs_dir / "kept" / "older")
-    recent = seeded(now - timedelta(hours=2), runs_dir / "kept" / "recent")
-    outside = seeded(now - timedelta(days=4), tmp_path / "elsewhere" / "run")  # not under runs/
+    old, old_folder = seeded(now - timedelta(days=3), attempts=2)
+    older_failed, older_folder = seeded(now - timedelta(days=2))
+    recent, recent_folder = seeded(now - timedelta(hours=2))
+    elsewhere = tmp_path / "elsewhere" / "run"
+    outside, _ = seeded(now - timedelta(days=4), outside=elsewhere)  # output not under runs/
 
     daemon = project.daemon(Clock(now + timedelta(seconds=2)))
     daemon._fire("kept", slot=now)
@@ -510,10 +515,10 @@ jobs:
     assert ledger.get(old) is None and ledger.get(older_failed) is None
     assert ledger.get(outside) is None
     assert ledger.deliveries(old) == []
-    assert not (runs_dir / "kept" / "old").exists()
-    assert not (runs_dir / "kept" / "older").exists()
-    assert (tmp_path / "elsewhere" / "run" / "output.ipynb").exists()  # never delete outside
-    assert ledger.get(recent) is not None and (runs_dir / "kept" / "recent").is_dir()
+    assert not old_folder.exists() and not old_folder.with_name(old_folder.name + "-2").exists()
+    assert not older_folder.exists()
+    assert (elsewhere / "output.ipynb").exists()  # never delete outside runs/
+    assert ledger.get(recent) is not None and recent_folder.is_dir()
     [new] = [r for r in ledger.history("kept") if r.slot == now]
     assert new.status == "succeeded" and Path(new.output_path or "").is_file()
     assert project.subjects() == [f"Alert {now.isoformat()}"]

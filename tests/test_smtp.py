@@ -331,6 +331,27 @@ def test_link_lost_after_the_final_dot_is_not_retried(
         assert db.execute("SELECT COUNT(*) FROM sends").fetchone() == (2,)
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "serial"])
+def test_link_lost_after_the_dot_settles_refused_and_deferred_recipients(
+    smtp_server_factory, pipelining
+):
+    # Only a recipient taken at RCPT can have the message; a deferred one is retried
+    # (it cannot have it yet) and a refused one keeps the server's 550.
+    behaviour = Behaviour(
+        drop_after_data=1, refuse=("carol@example.com",), defer={"bob@example.com": 1}
+    )
+    server = smtp_server_factory("plain", behaviour=behaviour, pipelining=pipelining)
+    to = ("alice@example.com", "bob@example.com", "carol@example.com")
+    [result] = transport(settings_for(server, retries=2, timeout=2.0)).send([make(1, to=to)])
+
+    outcome = {r.address: (r.accepted, r.code, r.reply[:30]) for r in result.recipients}
+    assert outcome["alice@example.com"] == (False, None, MAYBE_DELIVERED[:30])
+    assert outcome["bob@example.com"][:2] == (True, 250)  # retried alone, delivered
+    assert outcome["carol@example.com"][:2] == (False, 550)
+    envelopes = [sorted(m.rcpt_tos) for m in server.messages]
+    assert envelopes == [["alice@example.com"], ["bob@example.com"]]
+
+
 def test_a_421_after_the_final_dot_is_an_answer_and_is_retried(smtp_server_factory):
     # 421 is the server saying it did not take the message: not an unknown outcome.
     behaviour = Behaviour(fail_first=1, fail_at="DATA", fail_reply="421 4.3.2 Shutting down")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from notifier.config import Settings
 
@@ -18,6 +19,27 @@ def settings_from_env() -> Settings:
     from notifier.interactive import project_settings
 
     return project_settings()
+
+
+def resolve_jobs_file(name: str) -> Path:
+    """The jobs file: as given, else the same name in the project folder."""
+    from notifier.interactive import project_root
+
+    path = Path(name)
+    if not path.is_absolute() and not path.exists():
+        candidate = project_root() / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def settings_for_jobs(jobs_file: Path) -> Settings:
+    """Settings of the project that holds ``jobs_file`` (its .env, ledger and outbox)."""
+    from notifier.interactive import project_root, project_settings
+
+    if jobs_file.exists():
+        return project_settings(project_root(jobs_file.resolve().parent))
+    return settings_from_env()
 
 
 def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:

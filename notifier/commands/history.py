@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _job_zones(path: str) -> dict:
+def _job_zones(path: Path) -> dict:
     """Each job's time zone from jobs.yaml, when it is there and valid (history works without)."""
     from notifier.errors import NotifierError
     from notifier.jobs import load_jobs
@@ -32,14 +33,15 @@ def _job_zones(path: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `notifier history`; returns the exit code."""
-    from notifier.commands.common import settings_from_env
+    from notifier.commands.common import resolve_jobs_file, settings_for_jobs
     from notifier.errors import UsageError
     from notifier.ledger import Ledger
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1.", "e.g. --limit 20")
-    settings = settings_from_env()
-    zones = _job_zones(args.jobs)
+    jobs_path = resolve_jobs_file(args.jobs)
+    settings = settings_for_jobs(jobs_path)
+    zones = _job_zones(jobs_path)
     ledger = Ledger(settings.db_url)
     try:
         runs = ledger.history(args.job, failed=args.failed, limit=args.limit)

@@ -8,15 +8,16 @@ from datetime import datetime, timezone
 
 def run_job_now(args: argparse.Namespace) -> int:
     """Run the job named ``args.target`` from ``args.jobs`` (called by the run command)."""
-    from notifier.commands.common import announce_outbox, settings_from_env
+    from notifier.commands.common import announce_outbox, resolve_jobs_file, settings_for_jobs
     from notifier.errors import NotifierError
     from notifier.jobrun import SlotRunner
     from notifier.jobs import load_jobs
     from notifier.ledger import Ledger
-    from notifier.notebook_params import parse_cli_value
+    from notifier.notebook_params import check_parameters, parse_cli_value
     from notifier.transport import transport_for
 
-    jobs_file = load_jobs(args.jobs)
+    jobs_path = resolve_jobs_file(args.jobs)
+    jobs_file = load_jobs(jobs_path)
     job = jobs_file.get(args.target)
     overrides: dict = {}
     if args.parameter:
@@ -39,7 +40,8 @@ def run_job_now(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         job = replace(job, **overrides)
-    settings = settings_from_env()
+    check_parameters(job.notebook, job.parameters)  # a typo is refused, nobody is mailed
+    settings = settings_for_jobs(jobs_path)
     announce_outbox(settings, dry_run=args.dry_run)
     ledger = Ledger(settings.db_url)
     try:

@@ -16,12 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `notifier list`; returns the exit code."""
-    from notifier.commands.common import settings_from_env
+    from notifier.commands.common import resolve_jobs_file, settings_for_jobs
     from notifier.jobs import load_jobs
     from notifier.ledger import Ledger
 
-    jobs_file = load_jobs(args.jobs_file)
-    settings = settings_from_env()
+    path = resolve_jobs_file(args.jobs_file)
+    jobs_file = load_jobs(path)
+    settings = settings_for_jobs(path)
     ledger = Ledger(settings.db_url)
     rows = []
     try:

@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         )
     target = Path(args.target)
     if target.suffix != ".ipynb" and not target.is_file():
+        from notifier.commands.common import resolve_jobs_file
         from notifier.commands.jobrun import run_job_now
 
-        if not Path(args.jobs).is_file():
+        if not resolve_jobs_file(args.jobs).is_file():
             raise UsageError(
                 f"{args.target!r} is not a notebook, and there is no {args.jobs} to find a job "
                 "of that name in.",

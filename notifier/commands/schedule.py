@@ -22,18 +22,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `notifier schedule`; returns the exit code."""
-    from notifier.commands.common import announce_outbox, settings_from_env
+    from notifier.commands.common import announce_outbox, resolve_jobs_file, settings_for_jobs
     from notifier.errors import UsageError
     from notifier.processes import hide_environment_from_children
     from notifier.scheduler import Daemon
 
     hide_environment_from_children()
-    settings = settings_from_env()
+    jobs_path = resolve_jobs_file(args.jobs_file)
+    settings = settings_for_jobs(jobs_path)
     if args.workers is not None:
         if args.workers < 1:
             raise UsageError("--workers must be at least 1.", "e.g. --workers 4")
         settings = settings.with_overrides(workers=args.workers)
-    daemon = Daemon(args.jobs_file, settings)  # a bad jobs.yaml stops here (exit 2)
+    daemon = Daemon(jobs_path, settings)  # a bad jobs.yaml stops here (exit 2)
     announce_outbox(settings)
     daemon.run_forever()
     return 0

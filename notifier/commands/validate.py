@@ -45,7 +45,9 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
 
     now = now or datetime.now(timezone.utc)
     try:
-        jobs_file = load_jobs(args.path)
+        from notifier.commands.common import resolve_jobs_file
+
+        jobs_file = load_jobs(resolve_jobs_file(args.path))
     except JobsFileError as error:
         print(str(error), file=sys.stderr)
         return error.exit_code

@@ -139,7 +139,8 @@ def _index_row(page: Path) -> str:
     date = subject = to = ""
     try:
         with open(eml, "rb") as handle:
-            headers = BytesHeaderParser(policy=default).parse(handle)
+            # the head is enough: a message may carry megabytes of attachments
+            headers = BytesHeaderParser(policy=default).parsebytes(handle.read(65536))
         date, subject, to = (str(headers.get(h, "")) for h in ("Date", "Subject", "To"))
     except OSError:
         subject = page.stem

@@ -457,6 +457,7 @@ class _OutcomeUnknown(Exception):
 
     def __init__(self, original: BaseException) -> None:
         self.original = original
+        self.rcpt: dict[str, tuple[int, str]] = {}  # the RCPT replies of that transaction
         super().__init__(str(original))
 
 
@@ -696,9 +697,19 @@ class SMTPTransport:
                     "server may have delivered it, so it was not retried to avoid a duplicate.",
                     "check with the recipients whether it arrived before sending it again",
                 )
+                # Only recipients the server had taken at RCPT may have it; the others
+                # were refused (final) or deferred (retried: they cannot have it yet).
+                deferred = []
                 for address in pending:
-                    final[address] = RecipientResult(address, False, None, MAYBE_DELIVERED)
-                pending, connection_trouble = [], False
+                    code, text = exc.rcpt.get(address, (250, ""))
+                    if _is2(code):
+                        final[address] = RecipientResult(address, False, None, MAYBE_DELIVERED)
+                    elif _is4(code):
+                        deferred.append(address)
+                        last_reply[address] = (code, text)
+                    else:
+                        final[address] = RecipientResult(address, False, code, text)
+                pending, connection_trouble = deferred, False
             except _ServerClosing as exc:
                 self._drop_session()
                 problem, connection_trouble = hint((exc.code, exc.text), settings), False
@@ -840,7 +851,7 @@ class SMTPTransport:
             usable = _is2(outcome.mail[0]) and any(_is2(c) for c, _ in outcome.rcpt.values())
             if go_ahead[0] == 354:
                 if usable:
-                    outcome.data = self._end_of_data(conn, payload)
+                    outcome.data = self._end_of_data(conn, payload, outcome)
                     session.needs_rset = False
                 else:  # RFC 2920: a server may accept DATA with no valid recipient
                     conn.send(b".\r\n")
@@ -869,11 +880,13 @@ class SMTPTransport:
         if go_ahead[0] != 354:
             outcome.data = go_ahead
             return outcome
-        outcome.data = self._end_of_data(conn, payload)
+        outcome.data = self._end_of_data(conn, payload, outcome)
         session.needs_rset = False
         return outcome
 
-    def _end_of_data(self, conn: smtplib.SMTP, payload: bytes) -> tuple[int, str]:
+    def _end_of_data(
+        self, conn: smtplib.SMTP, payload: bytes, outcome: _Outcome
+    ) -> tuple[int, str]:
         """Send the message with its final dot and return the server's verdict.
 
         A failure while sending is safe to retry: the final dot did not get through, so the
@@ -885,7 +898,9 @@ class SMTPTransport:
         try:
             return self._reply(conn)
         except (OSError, smtplib.SMTPException) as exc:
-            raise _OutcomeUnknown(exc) from exc
+            unknown = _OutcomeUnknown(exc)
+            unknown.rcpt = dict(outcome.rcpt)
+            raise unknown from exc
 
     def _reply(self, conn: smtplib.SMTP) -> tuple[int, str]:
         code, raw = conn.getreply()
