@@ -139,6 +139,13 @@ class SlotRunner:
             self._notify_failure_before_start(job, run, error.message, error.fix)
             return "failed"
         output = str(execution.output_notebook)
+        if not self.ledger.heartbeat(run.run_id):
+            # Another daemon judged this one dead (a long stall) and took the slot over:
+            # it delivers; sending here too would mail everyone twice.
+            log.warning(
+                "%s: run %s was taken over by another process; not delivering", job.name, run.run_id
+            )
+            return "taken over"
         if self.stopping.is_set() and execution.status == "failed":
             self.ledger.finish(
                 run.run_id, "interrupted", error="stopped by shutdown", output_path=output
