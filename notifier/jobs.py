@@ -543,9 +543,22 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], report: _Report) -> An
 def _pydantic_problems(
     exc: ValidationError, prefix: Loc, model: type[BaseModel], report: _Report
 ) -> None:
-    for error in exc.errors():
+    errors = exc.errors()
+    # `shedule:` is one mistake: report the unknown key (with its "did you mean"), not
+    # also the missing `schedule` it was meant to be.
+    misspelled = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden" and error["loc"]:
+            allowed = _allowed_keys(model, error["loc"][:-1])
+            misspelled.update(
+                (*error["loc"][:-1], close)
+                for close in difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+            )
+    for error in errors:
         loc = (*prefix, *error["loc"])
         if report.is_unresolved(loc):
+            continue
+        if error["type"] == "missing" and tuple(error["loc"]) in misspelled:
             continue
         field_name = str(error["loc"][0]) if error["loc"] else ""
         leaf = str(error["loc"][-1]) if error["loc"] else ""

@@ -790,3 +790,21 @@ def test_validate_defaults_to_jobs_yaml_in_cwd(project, capsys, monkeypatch):
     assert args.path == "jobs.yaml"
     assert validate.run(args) == 0
     assert "jobs.yaml: 1 job, valid" in capsys.readouterr().out
+
+
+def test_a_misspelled_required_key_is_one_error_not_two(project: Path) -> None:
+    path = write(
+        project,
+        """
+        jobs:
+          - name: daily-sales
+            notebook: notebooks/sales.ipynb
+            shedule: "0 8 * * *"
+        """,
+    )
+    with pytest.raises(JobsFileError) as caught:
+        load_jobs(path)
+    [problem] = caught.value.problems
+    assert (
+        ":4: job 'daily-sales', field 'shedule': unknown key (did you mean 'schedule'?)" in problem
+    )
