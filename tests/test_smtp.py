@@ -17,7 +17,8 @@ from smtp_server import Behaviour, SMTPTestServer, settings_for
 from notifier.config import Settings
 from notifier.transport import transport_for
 from notifier.transport.base import Outgoing
-from notifier.transport.smtp import MAYBE_DELIVERED, SMTPTransport, reset_minute_windows
+from notifier.transport.ratelimit import reset_minute_windows
+from notifier.transport.smtp import MAYBE_DELIVERED, SMTPTransport
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -25,7 +25,7 @@ How a batch goes out
   per send does not reset it; the transport sleeps until a slot is free.
   ``SMTP_RATE_PER_DAY`` is a rolling 24-hour window shared by every process through a
   small SQLite file, ``<outbox parent>/.notifier-state/smtp-rate.sqlite3`` (see
-  :func:`default_state_dir`); when it is reached the message fails with a clear error
+  ``notifier.transport.ratelimit``); when it is reached the message fails with a clear error
   instead of waiting a day.
 
 Failures a user can cause (DNS, refused, timeout, TLS, login, refusals) come back as
@@ -46,7 +46,6 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -57,33 +56,31 @@ from notifier.config import Settings, redact
 from notifier.errors import DeliveryError
 from notifier.smtp_hints import Hint, hint
 from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
+from notifier.transport.ratelimit import (
+    MINUTE_SECONDS,
+    RATE_FILE_NAME,
+    DailyLimit,
+    default_state_dir,
+    minute_window,
+)
 
 __all__ = [
-    "DailyLimit",
-    "MinuteWindow",
     "SMTPConnection",
     "SMTPSSLConnection",
     "SMTPTransport",
     "SessionError",
-    "default_state_dir",
     "greet",
     "local_hostname",
     "login",
-    "minute_window",
     "open_session",
     "open_socket",
     "plaintext_auth_error",
-    "reset_minute_windows",
     "resolve",
     "tls_context",
 ]
 
 log = logging.getLogger("notifier.smtp")
 
-STATE_DIR_NAME = ".notifier-state"
-RATE_FILE_NAME = "smtp-rate.sqlite3"
-DAY_SECONDS = 86400.0
-MINUTE_SECONDS = 60.0
 _CRLF = b"\r\n"
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -330,90 +327,6 @@ def open_session(
         conn.close()
         raise SessionError(stage, exc, hint(exc, settings, stage=stage)) from None
     return conn
-
-
-def default_state_dir(settings: Settings) -> Path:
-    """Where the per-day counter lives: ``.notifier-state`` beside the outbox folder."""
-    return settings.outbox_dir.parent / STATE_DIR_NAME
-
-
-# --------------------------------------------------------------------------------------------
-# Rate limits
-# --------------------------------------------------------------------------------------------
-
-
-class DailyLimit:
-    """A rolling 24-hour message count per account, shared by processes through SQLite."""
-
-    def __init__(self, path: Path, cap: int, account: str, wall: Callable[[], float]) -> None:
-        self.path = path
-        self.cap = cap
-        self.account = account
-        self._wall = wall
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS sends (account TEXT NOT NULL, at REAL NOT NULL)")
-        db.execute("CREATE INDEX IF NOT EXISTS sends_account_at ON sends (account, at)")
-        return db
-
-    def reserve(self) -> tuple[float | None, int]:
-        """Take a slot: ``(token, count)``; token is None when the cap is reached."""
-        now = self._wall()
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM sends WHERE at < ?", (now - DAY_SECONDS,))
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM sends WHERE account = ?", (self.account,)
-            ).fetchone()
-            if count >= self.cap:
-                db.execute("COMMIT")
-                return None, count
-            db.execute("INSERT INTO sends (account, at) VALUES (?, ?)", (self.account, now))
-            db.execute("COMMIT")
-            return now, count + 1
-        finally:
-            db.close()
-
-    def release(self, token: float) -> None:
-        """Give a slot back (the message reached nobody)."""
-        db = self._connect()
-        try:
-            db.execute(
-                "DELETE FROM sends WHERE rowid IN "
-                "(SELECT rowid FROM sends WHERE account = ? AND at = ? LIMIT 1)",
-                (self.account, token),
-            )
-        finally:
-            db.close()
-
-
-class MinuteWindow:
-    """The sends of the last minute for one account, shared by every transport in the process."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.recent: deque[float] = deque()
-
-
-_MINUTE_WINDOWS: dict[tuple[str, str, int], MinuteWindow] = {}
-_MINUTE_WINDOWS_LOCK = threading.Lock()
-
-
-def minute_window(settings: Settings) -> MinuteWindow:
-    """The process-wide per-minute window for ``settings``' account: (user, host, port)."""
-    assert settings.host is not None and settings.port is not None, "no SMTP host configured"
-    key = (settings.user or "", settings.host, settings.port)
-    with _MINUTE_WINDOWS_LOCK:
-        return _MINUTE_WINDOWS.setdefault(key, MinuteWindow())
-
-
-def reset_minute_windows() -> None:
-    """Forget every per-minute window (for tests that drive the limiter with a fake clock)."""
-    with _MINUTE_WINDOWS_LOCK:
-        _MINUTE_WINDOWS.clear()
 
 
 # --------------------------------------------------------------------------------------------
