@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "list",
     "schedule",
     "history",
+    "queue",
 )
 
 

@@ -78,4 +78,5 @@ def _email_from_bundle(bundle: dict[str, Any], parts_dir: Path | None) -> Email:
         text=None if html is not None else "",
         images=[InlineImage(e["cid"], _part(e, parts_dir)) for e in bundle.get("images", [])],
         attachments=[_part(e, parts_dir) for e in bundle.get("attachments", [])],
+        key=bundle.get("key") or None,
     )

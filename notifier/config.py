@@ -114,6 +114,12 @@ class Settings:
     timezone: str = "UTC"
     workers: int = 4
     shutdown_grace: float = 30.0
+    # the outbound queue: how long a report keeps being retried, and the retry backoff
+    delivery_lifetime: float = 86400.0
+    retry_backoff: float = 30.0
+    retry_backoff_max: float = 900.0
+    # a node is dead when it has not renewed its lease for this long
+    lease_seconds: float = 60.0
 
     @property
     def uses_outbox(self) -> bool:
@@ -210,6 +216,32 @@ def _parse_float(values: Mapping[str, str], name: str, default: float) -> float:
             f"{name}={raw!r} is not a positive number of seconds.", f"for example {name}=30"
         )
     return number
+
+
+def _parse_duration(values: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    from notifier.durations import DURATION_FORM, parse_duration
+
+    raw = _get(values, name)
+    if raw is None:
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds < minimum:
+        raise ConfigError(
+            f"{name}={raw!r} is not {DURATION_FORM} of at least {minimum:g} s.",
+            f"for example {name}={_EXAMPLES.get(name, '30s')}",
+        )
+    return seconds
+
+
+_EXAMPLES = {
+    "NOTIFIER_DELIVERY_LIFETIME": "1d",
+    "NOTIFIER_RETRY_BACKOFF": "30s",
+    "NOTIFIER_RETRY_BACKOFF_MAX": "15m",
+    "NOTIFIER_LEASE_SECONDS": "60",
+}
 
 
 def _parse_security(values: Mapping[str, str]) -> str | None:
@@ -317,6 +349,13 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
             "for example SMTP_FROM='Reports <reports@example.com>'",
         )
 
+    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", 30.0, 0.1)
+    backoff_max = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF_MAX", max(900.0, backoff), 0.1)
+    if backoff_max < backoff:
+        raise ConfigError(
+            "NOTIFIER_RETRY_BACKOFF_MAX is shorter than NOTIFIER_RETRY_BACKOFF.",
+            "make the maximum at least the first delay, e.g. 30s and 15m",
+        )
     max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE", minimum=1024)
     retries = _parse_int(values, "SMTP_RETRIES")
     timezone = _get(values, "NOTIFIER_TIMEZONE") or "UTC"
@@ -345,6 +384,10 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         timezone=timezone,
         workers=_parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
         shutdown_grace=_parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
+        delivery_lifetime=_parse_duration(values, "NOTIFIER_DELIVERY_LIFETIME", 86400.0, 1.0),
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
+        lease_seconds=_parse_duration(values, "NOTIFIER_LEASE_SECONDS", 60.0, 2.0),
     )
 
 

@@ -64,6 +64,8 @@ _FORMS = {
     "cell_timeout": DURATION_FORM,
     "cooldown": DURATION_FORM,
     "keep_runs": "a duration with a unit, like 30d",
+    "deliver_within": "a duration like 15m or 1d: how long its emails are retried",
+    "on_unknown": "skip (never send twice, the default) or resend (never lose one)",
     "retries": "a count like 3, or {count: 3, delay: 30s}",
     "count": "a whole number from 0 to 100",
     "delay": DURATION_FORM,
@@ -246,6 +248,8 @@ class DefaultsModel(_Model):
     keep_runs: Annotated[float, _duration(1, allow_number=False)] | None = None
     cooldown: Annotated[float, _duration(0)] | None = None
     notify_recovery: bool | None = None
+    deliver_within: Annotated[float, _duration(1)] | None = None
+    on_unknown: Literal["skip", "resend"] | None = None
     to: Addresses | None = None
     cc: Addresses | None = None
     bcc: Addresses | None = None
@@ -289,7 +293,7 @@ class Job:
 
     name: str
     notebook: Path
-    schedule: Schedule
+    schedule: Schedule | None  # None for an ad-hoc run (notifier run NOTEBOOK)
     tz: zoneinfo.ZoneInfo
     parameters: dict[str, Any] = field(default_factory=dict)
     to: tuple[str, ...] = ()
@@ -304,6 +308,11 @@ class Job:
     cooldown_seconds: float | None = None
     notify_recovery: bool = False
     keep_runs_seconds: float | None = None
+    # how long its emails are retried (None: NOTIFIER_DELIVERY_LIFETIME, 1 day)
+    deliver_within_seconds: float | None = None
+    # an email whose delivery outcome is unknown (link lost after the final dot, a crash
+    # mid-transaction): "skip" = at most once (default), "resend" = at least once
+    on_unknown: str = "skip"
     line: int = 1  # where the job starts in the jobs file
 
     def __hash__(self) -> int:
@@ -316,7 +325,15 @@ class Job:
 
     def trigger(self) -> BaseTrigger:
         """A fresh APScheduler trigger for this job's schedule in its time zone."""
+        if self.schedule is None:
+            raise ValueError(f"{self.name} is an ad-hoc run: it has no schedule")
         return self.schedule.trigger(self.tz)
+
+    @property
+    def failure_recipients(self) -> list[str]:
+        """Who hears about its problems: ``on_failure``, else ``to`` + ``cc`` (never bcc)."""
+        chosen = list(self.on_failure) if self.on_failure else [*self.to, *self.cc]
+        return list(dict.fromkeys(chosen))
 
     def next_fire_times(self, now: datetime | None = None, count: int = 5) -> list[datetime]:
         """The next ``count`` fire times, in the job's time zone."""
@@ -675,7 +692,7 @@ def _resolve(
         to=to,
         cc=_pick(model, defaults, "cc", ()),
         bcc=_pick(model, defaults, "bcc", ()),
-        on_failure=_pick(model, defaults, "on_failure", to),
+        on_failure=_pick(model, defaults, "on_failure", ()),
         enabled=model.enabled,
         timeout_seconds=_pick(model, defaults, "timeout", DEFAULT_TIMEOUT),
         cell_timeout_seconds=_pick(model, defaults, "cell_timeout", None),
@@ -684,6 +701,8 @@ def _resolve(
         cooldown_seconds=_pick(model, defaults, "cooldown", None),
         notify_recovery=_pick(model, defaults, "notify_recovery", False),
         keep_runs_seconds=_pick(model, defaults, "keep_runs", None),
+        deliver_within_seconds=_pick(model, defaults, "deliver_within", None),
+        on_unknown=_pick(model, defaults, "on_unknown", "skip"),
         line=line,
     )
 

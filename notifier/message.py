@@ -56,6 +56,9 @@ class Email:
     images: list[InlineImage] = field(default_factory=list)
     attachments: list[Part] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    # A stable identity within a run (report.email(..., key="region-north")); without it
+    # the delivery queue keys the email by its content.
+    key: str | None = None
 
     @property
     def recipients(self) -> list[str]:
@@ -153,11 +156,15 @@ def compose(
     default_sender: str,
     max_size: int | None = None,
     message_id_domain: str | None = None,
+    message_id: str | None = None,
+    date: str | None = None,
 ) -> Outgoing:
     """Validate ``mail`` and build the MIME message with its envelope.
 
-    Raises MessageError for a missing recipient, a bad address, a line break in a
-    header, or a message larger than ``max_size`` bytes.
+    ``message_id`` and ``date`` fix those headers (the delivery queue rebuilds a stored
+    email exactly as planned); by default they are new. Raises MessageError for a missing
+    recipient, a bad address, a line break in a header, or a message larger than
+    ``max_size`` bytes.
     """
     subject = check_header_value("subject", mail.subject or "")
     sender = parse_address(mail.sender or default_sender, role="sender")
@@ -180,8 +187,8 @@ def compose(
         msg["Cc"] = cc
     if reply_to:
         msg["Reply-To"] = reply_to
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain=message_id_domain or sender.domain)
+    msg["Date"] = date or formatdate(localtime=True)
+    msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain or sender.domain)
     for name, value in mail.headers.items():
         check_header_value(f"header {name}", name)
         msg[name] = check_header_value(f"header {name}", value)

@@ -38,6 +38,34 @@ def kill_tree(pid: int, *, grace: float = 3.0) -> list[int]:
     return [proc.pid for proc in tree]
 
 
+def kill_descendants(pid: int) -> list[int]:
+    """SIGKILL every descendant of ``pid`` (not ``pid`` itself), repeatedly until none is left.
+
+    Used by the notebook worker when it is told to stop: as a subreaper it has adopted the
+    kernel's orphans, so its process tree holds everything the notebook started.
+    """
+    killed: list[int] = []
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return killed
+    for _ in range(5):  # a dying child may have forked once more
+        try:
+            children = root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        if not children:
+            break
+        for proc in children:
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(children, timeout=2)
+    return killed
+
+
 def hide_environment_from_children() -> bool:
     """Linux: make /proc/<this pid>/environ unreadable to other processes of the same user.
 

@@ -72,8 +72,10 @@ class ReportEmail:
         bcc: Iterable[str] | str | None = None,
         reply_to: Iterable[str] | str | None = None,
         sender: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.email_id = uuid.uuid4().hex
+        self.key = key
         self.subject = subject
         self.to = _as_list(to)
         self.cc = _as_list(cc)
@@ -180,6 +182,7 @@ class ReportEmail:
             text=None if self._blocks else "",
             images=list(self._images),
             attachments=list(self._attachments),
+            key=self.key,
         )
 
     def send_test(self, address: str | Iterable[str]) -> list[Any]:
@@ -208,6 +211,7 @@ class ReportEmail:
         return {
             "version": FORMAT_VERSION,
             "email_id": self.email_id,
+            "key": self.key,
             "revision": self._revision,
             "subject": self.subject,
             "to": self.to,
@@ -300,12 +304,16 @@ def email(
     bcc: Iterable[str] | str | None = None,
     reply_to: Iterable[str] | str | None = None,
     sender: str | None = None,
+    key: str | None = None,
 ) -> ReportEmail:
     """Start an email. Without ``to``/``cc``/``bcc`` it goes to the job's recipients.
 
-    A notebook may create several (for example one per regional manager).
+    A notebook may create several (for example one per regional manager). ``key`` names
+    the email within a run (e.g. ``key="region-north"``): a re-run of the same slot then
+    recognises it even if its content changed, and never sends it to a recipient twice.
+    Without a key, an email is recognised by its subject, recipients and content.
     """
-    mail = ReportEmail(subject, to=to, cc=cc, bcc=bcc, reply_to=reply_to, sender=sender)
+    mail = ReportEmail(subject, to=to, cc=cc, bcc=bcc, reply_to=reply_to, sender=sender, key=key)
     mail._changed()
     return mail
 

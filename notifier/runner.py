@@ -1,40 +1,43 @@
-"""One headless run of a notebook: execute, archive, collect the emails, deliver them.
+"""Executing a notebook headlessly: the worker process, its run folder, what it declared.
+
+This module only *executes*: planning, queueing and delivering the emails, failure
+emails, retries and alerts are the run path's (:mod:`notifier.runs.path`), shared by
+scheduled slots, ``notifier run JOB`` and ``notifier run NOTEBOOK``.
 
 The notebook runs in a worker process (``notifier.worker``) started without SMTP
 credentials and killed with its whole process tree at the wall-clock timeout.
-The runner keeps the credentials and does the sending.
 
 Layout of a run folder: ``runs/<job>/<YYYYmmddTHHMMSS>-<run id>/`` with
 ``output.ipynb``, ``output.html``, ``parts/`` (charts and attachments the emails
-reference), ``worker.log`` and ``run.json``.
+reference), ``worker.log``, ``spec.json`` (what was run) and ``result.json`` (the
+worker's outcome and timings).
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from notifier.config import Settings, kernel_environment
-from notifier.errors import MessageError, RunError
-from notifier.message import Email, compose
+from notifier.errors import RunError
+from notifier.message import Email
 from notifier.notebook_params import check_parameters
-from notifier.parts import Part
 from notifier.processes import kill_tree
 from notifier.report import FROM_ENV, PARTS_DIR_ENV, RUN_ID_ENV
-from notifier.transport import Outgoing, SendResult, Transport
+
+DEFAULT_RECIPIENTS_ENV = "NOTIFIER_DEFAULT_RECIPIENTS"
+PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
 
 log = logging.getLogger("notifier.runner")
 
@@ -44,7 +47,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass
 class RunRequest:
-    """What to run and for whom. Recipients are the defaults for emails that name none."""
+    """What to execute. Recipients are the defaults for emails that name none."""
 
     notebook: Path
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +55,6 @@ class RunRequest:
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
     bcc: list[str] = field(default_factory=list)
-    on_failure: list[str] | None = None
     timeout: float = DEFAULT_TIMEOUT
     cell_timeout: float | None = None
     scheduled_for: datetime | None = None
@@ -63,11 +65,6 @@ class RunRequest:
     def name(self) -> str:
         """The job name, or the notebook's file name without .ipynb."""
         return self.job_name or Path(self.notebook).stem
-
-    @property
-    def failure_recipients(self) -> list[str]:
-        """Who gets the failure email: on_failure, else to + cc."""
-        return list(self.on_failure) if self.on_failure is not None else [*self.to, *self.cc]
 
 
 @dataclass
@@ -96,38 +93,15 @@ class Execution:
         return self.run_dir / "output.html"
 
 
-@dataclass(frozen=True)
-class PlannedEmail:
-    """A composed email with a stable key for exactly-once delivery bookkeeping."""
-
-    key: str
-    outgoing: Outgoing
-
-
-@dataclass
-class RunOutcome:
-    """Everything one ``notifier run`` did."""
-
-    execution: Execution
-    status: str
-    results: list[SendResult] = field(default_factory=list)
-    failure_results: list[SendResult] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the run succeeded or was skipped."""
-        return self.status in {"succeeded", "skipped"}
-
-
 def new_run_id() -> str:
     """A short random id for a run that is not in the ledger."""
     return uuid.uuid4().hex[:12]
 
 
 def job_runs_folder(runs_dir: Path, job_name: str) -> Path:
-    """``runs/<job>``: where every run folder of a job lives."""
-    return runs_dir / (_SAFE_NAME.sub("-", job_name) or "job")
+    """``runs/<job>``: where every run folder of a job (or ad-hoc notebook) lives."""
+    name = job_name.removesuffix(".ipynb")  # an ad-hoc run is named after its notebook
+    return runs_dir / (_SAFE_NAME.sub("-", name).strip("-.") or "job")
 
 
 def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Path:
@@ -206,6 +180,12 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
             FROM_ENV: settings.from_address,  # the preview's From: the kernel never reads .env
             PARTS_DIR_ENV: str(run_dir / "parts"),
             RUN_ID_ENV: run_id,
+            # the preview shows the real recipients of emails that name none
+            DEFAULT_RECIPIENTS_ENV: json.dumps(
+                {"to": list(request.to), "cc": list(request.cc), "bcc": list(request.bcc)}
+            ),
+            # the worker exits when this process dies (also when this process is PID 1)
+            PARENT_PID_ENV: str(os.getpid()),
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
             "JUPYTER_PLATFORM_DIRS": "1",
             "MPLBACKEND": env.get("MPLBACKEND", "Agg"),
@@ -343,166 +323,3 @@ def _with_default_recipients(mail: Email, request: RunRequest) -> Email:
     if mail.to or mail.cc or mail.bcc:
         return mail
     return replace(mail, to=list(request.to), cc=list(request.cc), bcc=list(request.bcc))
-
-
-def email_key(index: int, mail: Email) -> str:
-    """Stable identity of an email within a slot: its position and its recipients.
-
-    The subject is left out on purpose: it often holds a timestamp, and a re-run
-    after a crash must recognise the emails it already delivered.
-    """
-    recipients = ",".join(sorted(a.lower() for a in [*mail.to, *mail.cc, *mail.bcc]))
-    return f"{index}:{hashlib.sha256(recipients.encode()).hexdigest()[:16]}"
-
-
-def plan(execution: Execution, settings: Settings) -> list[PlannedEmail]:
-    """Compose every email of a succeeded run; the first invalid one raises MessageError."""
-    planned = []
-    for index, mail in enumerate(execution.emails):
-        if not (mail.to or mail.cc or mail.bcc):
-            raise MessageError(
-                f"The email {mail.subject!r} has no recipients.",
-                "pass --to, set to: for the job in jobs.yaml, or report.email(..., to=[...])",
-            )
-        outgoing = compose(
-            mail, default_sender=settings.from_address, max_size=settings.max_message_size
-        )
-        planned.append(PlannedEmail(email_key(index, mail), outgoing))
-    return planned
-
-
-def deliver(
-    planned: Sequence[PlannedEmail],
-    transport: Transport,
-    already_accepted: Callable[[str], set[str]] | None = None,
-    on_result: Callable[[PlannedEmail, SendResult], None] | None = None,
-) -> list[tuple[PlannedEmail, SendResult]]:
-    """Send in one transport batch, leaving out recipients that already have the email.
-
-    ``on_result`` sees each email's result as soon as the server has answered it.
-    """
-    batch: list[tuple[PlannedEmail, Outgoing]] = []
-    for item in planned:
-        done = already_accepted(item.key) if already_accepted else set()
-        remaining = tuple(r for r in item.outgoing.recipients if r not in done)
-        if remaining:
-            batch.append((item, replace(item.outgoing, recipients=remaining)))
-    if not batch:
-        return []
-    callback = None
-    if on_result is not None:
-        callback = lambda index, result: on_result(batch[index][0], result)  # noqa: E731
-    results = transport.send([outgoing for _, outgoing in batch], callback)
-    return [(item, result) for (item, _), result in zip(batch, results, strict=True)]
-
-
-def failure_email(execution: Execution, settings: Settings) -> Outgoing | None:
-    """The email that tells the failure recipients what broke, with the output attached."""
-    recipients = execution.request.failure_recipients
-    if not recipients:
-        return None
-    failure = execution.failure or {}
-    request = execution.request
-    blocks = [
-        f"<h2 style='color:#b00020'>Run failed: {html.escape(request.name)}</h2>",
-        "<table style='font-family:Arial,sans-serif;font-size:13px'>"
-        + "".join(
-            f"<tr><th style='text-align:left;padding-right:12px'>{k}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in (
-                ("Notebook", request.notebook),
-                ("Run id", execution.run_id),
-                ("Error", execution.error or "unknown"),
-                ("Run folder", execution.run_dir),
-            )
-        )
-        + "</table>",
-    ]
-    if failure.get("source"):
-        blocks.append("<h3>Failing cell</h3>" + _pre(failure["source"]))
-    if failure.get("traceback") or failure.get("evalue"):
-        blocks.append("<h3>Traceback</h3>" + _pre(failure.get("traceback") or failure["evalue"]))
-    attachments = []
-    if execution.output_html.is_file():
-        attachments.append(
-            Part(execution.output_html.read_bytes(), "text/html", f"{request.name}-output.html")
-        )
-    mail = Email(
-        subject=f"[notifier] FAILED: {request.name}: {execution.error or 'error'}"[:200],
-        to=recipients,
-        html="\n".join(blocks),
-        attachments=attachments,
-    )
-    try:
-        return compose(
-            mail, default_sender=settings.from_address, max_size=settings.max_message_size
-        )
-    except MessageError:
-        # The output is too large to attach: send the report of the failure without it.
-        return compose(replace(mail, attachments=[]), default_sender=settings.from_address)
-
-
-def _pre(text: str) -> str:
-    return (
-        "<pre style='background:#f6f8fa;padding:8px;border:1px solid #ddd;white-space:pre-wrap;"
-        f"font-size:12px'>{html.escape(text)}</pre>"
-    )
-
-
-def run(request: RunRequest, settings: Settings, transport: Transport) -> RunOutcome:
-    """Execute, then deliver the emails (or the failure email). Never raises for run failures."""
-    execution = execute(request, settings)
-    outcome = RunOutcome(execution, execution.status, error=execution.error)
-    if execution.status == "succeeded":
-        try:
-            pairs = deliver(plan(execution, settings), transport)
-            outcome.results = [result for _, result in pairs]
-            if not execution.emails:
-                log.info("run %s declared no emails", execution.run_id)
-            if not all(result.ok for result in outcome.results):
-                outcome.status = "failed"
-                outcome.error = "delivery failed for some recipients"
-        except MessageError as error:
-            outcome.status = "failed"
-            outcome.error = execution.error = str(error)
-            execution.failure = {"kind": "compose", "ename": "MessageError", "evalue": str(error)}
-    if outcome.status == "failed" and execution.failure is not None:
-        message = failure_email(execution, settings)
-        if message is not None:
-            outcome.failure_results = transport.send([message])
-    write_summary(outcome)
-    return outcome
-
-
-def write_summary(outcome: RunOutcome) -> Path:
-    """``run.json``: status, error, timings and per-recipient results (no secrets)."""
-    execution = outcome.execution
-    summary = {
-        "run_id": execution.run_id,
-        "job": execution.request.name,
-        "notebook": str(execution.request.notebook),
-        "status": outcome.status,
-        "error": outcome.error,
-        "skip_reason": execution.skip_reason,
-        "duration_s": round(execution.duration, 3),
-        "timings": execution.timings,
-        "results": [_result_json(r) for r in outcome.results],
-        "failure_email": [_result_json(r) for r in outcome.failure_results],
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
-    path = execution.run_dir / "run.json"
-    path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return path
-
-
-def _result_json(result: SendResult) -> dict[str, Any]:
-    return {
-        "message_id": result.message_id,
-        "subject": result.subject,
-        "transport": result.transport,
-        "location": result.location,
-        "error": result.error,
-        "recipients": [
-            {"address": r.address, "accepted": r.accepted, "code": r.code, "reply": r.reply}
-            for r in result.recipients
-        ],
-    }

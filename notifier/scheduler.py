@@ -6,10 +6,13 @@
   the ledger first: a slot runs at most once, across restarts and processes.
 - Misfires: slots missed while the daemon was down (or run too late) follow the
   job's policy (``skip``, ``run_once``, ``catch_up``) within its grace period;
-  each missed slot is logged. Interrupted runs of a crashed daemon are taken over.
+  one line per job says what was missed and what runs. Runs of a dead node (a crashed
+  or stopped daemon on the same ledger) are taken over.
 - A bounded worker pool; one job never overlaps itself (``max_instances=1``).
+- The delivery service retries deferred mail in the background.
 - SIGTERM/SIGINT: no new runs; running ones get a grace period, then their
-  kernels are killed and the runs are marked interrupted.
+  kernels are killed, the runs are marked interrupted and handed over to any other
+  daemon on the ledger (or re-run by this one at its next start).
 """
 
 from __future__ import annotations
@@ -30,20 +33,21 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from notifier.config import Settings
+from notifier.delivery.service import DeliveryService
+from notifier.delivery.worker import TransportFactory
 from notifier.errors import JobsFileError
-from notifier.jobrun import SlotRunner
 from notifier.jobs import Job, JobsFile, load_jobs
 from notifier.ledger import Ledger, Run
 from notifier.runner import terminate_active_workers
-from notifier.transport import Transport
+from notifier.runs.path import RunPath, RunResult
+from notifier.runs.summary import closing_line
 
 log = logging.getLogger("notifier.scheduler")
 
 # A slot that starts later than this counts as missed for the 'skip' policy.
 LATE_TOLERANCE = timedelta(seconds=60)
-MAX_LOGGED_MISSES = 20
-# How often a running daemon looks for runs whose owner died (e.g. another node).
-RECOVERY_INTERVAL = 60.0
+# How often a running daemon looks for runs of dead or stopped nodes to take over.
+RECOVERY_INTERVAL = 10.0
 
 
 class SlotExecutor(ThreadPoolExecutor):
@@ -91,6 +95,27 @@ def missed_slots(job: Job, after: datetime, now: datetime, limit: int = 10_000) 
     return slots
 
 
+def _span(slots: list[datetime], job: Job) -> str:
+    first, last = (s.astimezone(job.tz) for s in (slots[0], slots[-1]))
+    fmt = "%H:%M" if first.date() == last.date() else "%Y-%m-%d %H:%M"
+    return first.strftime(fmt) if len(slots) == 1 else f"{first:{fmt}}-{last:{fmt}}"
+
+
+def _missed_summary(
+    job: Job, slots: list[datetime], within: list[datetime], to_run: list[datetime], policy: str
+) -> str:
+    """One line for everything a job missed while the daemon was down."""
+    head = (
+        f"missed {len(slots)} slot{'s' if len(slots) != 1 else ''} {_span(slots, job)} while down"
+    )
+    if not to_run:
+        reason = "all past the grace period" if not within else f"policy {policy}: none runs"
+        return f"{head}; {reason}"
+    if policy == "run_once":
+        return f"{head}; policy run_once: running the latest ({_span(to_run, job)})"
+    return f"{head}; policy catch_up: running {len(to_run)} ({_span(to_run, job)})"
+
+
 def _fingerprint(job: Job) -> str:
     """Changes when anything that affects scheduling or running a job changes."""
     fields = {k: v for k, v in vars(job).items() if k != "line"}
@@ -106,7 +131,7 @@ class Daemon:
         settings: Settings,
         *,
         poll_interval: float = 2.0,
-        transport_factory: Callable[[], Transport] | None = None,
+        transports: TransportFactory | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.jobs_path = Path(jobs_path)
@@ -114,15 +139,22 @@ class Daemon:
         self.poll_interval = poll_interval
         self.clock = clock
         self.stopping = threading.Event()
+        self.hard_stop = threading.Event()  # the shutdown grace period is over
         self.stopped = threading.Event()
         self.jobs_file: JobsFile = load_jobs(self.jobs_path)  # JobsFileError: exit 2
         self._jobs: dict[str, Job] = {job.name: job for job in self.jobs_file.jobs}
         self._fingerprints = {name: _fingerprint(job) for name, job in self._jobs.items()}
         self._file_state = self._stat()
-        self.ledger = Ledger(settings.db_url)
-        self.runner = SlotRunner(
-            settings, self.ledger, transport_factory=transport_factory, stopping=self.stopping
+        self.ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
+        self.ledger.nodes.configure(role="daemon", jobs_hash=self._file_hash())
+        self.runner = RunPath(
+            settings,
+            self.ledger,
+            transports=transports,
+            stopping=self.stopping,
+            abort=self.hard_stop,
         )
+        self.delivery = DeliveryService(self.runner.deliverer)
         self._active = 0
         self._active_lock = threading.Condition()
         # Recovery and catch-up run beside APScheduler's pool: one semaphore bounds all
@@ -148,6 +180,7 @@ class Daemon:
             self.settings.workers,
             self.ledger.url,
         )
+        self.ledger.nodes.ensure_registered()
         self.scheduler.start(paused=True)
         self._recover_interrupted()
         self._catch_up()
@@ -160,6 +193,7 @@ class Daemon:
                 log.info("%s: next run %s", job.name, scheduled.next_run_time.astimezone(job.tz))
         self._watcher = threading.Thread(target=self._watch, name="jobs-watcher", daemon=True)
         self._watcher.start()
+        self.delivery.start()
 
     def _add(self, job: Job) -> None:
         self.scheduler.add_job(
@@ -174,32 +208,27 @@ class Daemon:
             replace_existing=True,
         )
 
-    def _interrupted_runs(self, *, include_stopped: bool) -> list[Run]:
-        """Runs of dead owners (now marked interrupted), and at start those stopped by a
-        shutdown."""
+    def _interrupted_runs(self) -> list[Run]:
+        """Runs of dead nodes (now marked interrupted) and runs a stopped node handed over."""
         runs = {run.run_id: run for run in self.ledger.recover_interrupted()}
-        now = self.clock()
-        for job in self._jobs.values() if include_stopped else ():
-            grace = timedelta(seconds=job.misfire.grace_seconds)
-            for run in self.ledger.history(job.name, limit=20):
-                # only the ones that can still be re-run: no log line for old history
-                if run.status == "interrupted" and not run.manual and now - run.slot <= grace:
-                    runs.setdefault(run.run_id, run)
+        longest = max((job.misfire.grace_seconds for job in self._jobs.values()), default=0)
+        for run in self.ledger.handed_over(self.clock() - timedelta(seconds=longest)):
+            runs.setdefault(run.run_id, run)
         return sorted(runs.values(), key=lambda run: run.slot)
 
-    def _recover_interrupted(self, *, include_stopped: bool = True) -> None:
+    def _recover_interrupted(self) -> None:
         now = self.clock()
-        for run in self._interrupted_runs(include_stopped=include_stopped):
+        for run in self._interrupted_runs():
             job = self._jobs.get(run.job)
-            log.warning(
-                "%s: run %s of slot %s was interrupted (owner %s)",
-                run.job,
-                run.run_id,
-                run.slot,
-                run.owner,
-            )
             if job is None or not job.enabled or run.manual:
                 continue
+            log.warning(
+                "%s: run %s of slot %s was interrupted (%s)",
+                run.job,
+                run.run_id,
+                run.slot.astimezone(job.tz),
+                run.error or f"owner {run.owner}",
+            )
             if job.misfire.policy == "skip":
                 log.info("%s: not re-running slot %s (misfire policy skip)", job.name, run.slot)
             elif now - run.slot > timedelta(seconds=job.misfire.grace_seconds):
@@ -222,21 +251,7 @@ class Daemon:
             within = [s for s in slots if now - s <= grace]
             policy = job.misfire.policy
             to_run = {"skip": [], "run_once": within[-1:], "catch_up": within}[policy]
-            for slot in slots[-MAX_LOGGED_MISSES:]:
-                reason = (
-                    "will run now"
-                    if slot in to_run
-                    else "past the grace period"
-                    if slot not in within
-                    else f"not run (misfire policy {policy})"
-                )
-                log.warning(
-                    "%s: missed slot %s while down: %s", job.name, slot.astimezone(job.tz), reason
-                )
-            if len(slots) > MAX_LOGGED_MISSES:
-                log.warning(
-                    "%s: ... and %d earlier missed slots", job.name, len(slots) - MAX_LOGGED_MISSES
-                )
+            log.warning("%s: %s", job.name, _missed_summary(job, slots, within, to_run, policy))
             if to_run:
                 self._submit(lambda j=job, s=to_run: [self._run(j, slot, "catch_up") for slot in s])
 
@@ -304,27 +319,25 @@ class Daemon:
             started = time.perf_counter()
             local = slot.astimezone(job.tz).isoformat()
             log.info("%s: run of slot %s starting", job.name, local)
-            status = self.runner.run_slot(job, slot, trigger=trigger)
-            if status is not None:
-                log.info(
-                    "%s: run of slot %s ended: %s in %.1fs",
-                    job.name,
-                    local,
-                    status,
-                    time.perf_counter() - started,
-                )
+            result = self.runner.run_slot(job, slot, trigger=trigger)
+            if result is not None:
+                self._log_end(job, local, result, time.perf_counter() - started)
 
     def _resume(self, job: Job, run: Run) -> None:
         with self._running(job.name) as allowed:
             if not allowed:
                 return
-            status = self.runner.resume(job, run)
-            log.info(
-                "%s: interrupted slot %s re-run: %s",
-                job.name,
-                run.slot,
-                status or "taken by another process",
-            )
+            started = time.perf_counter()
+            result = self.runner.resume(job, run)
+            local = run.slot.astimezone(job.tz).isoformat()
+            if result is None:
+                log.info("%s: interrupted slot %s was taken by another node", job.name, local)
+            else:
+                self._log_end(job, local, result, time.perf_counter() - started)
+
+    def _log_end(self, job: Job, local: str, result: RunResult, seconds: float) -> None:
+        level, text = closing_line(result)
+        log.log(level, "%s: run of slot %s ended after %.1fs: %s", job.name, local, seconds, text)
 
     def _on_overlap(self, event: JobSubmissionEvent) -> None:
         times = ", ".join(t.isoformat() for t in getattr(event, "scheduled_run_times", []))
@@ -338,16 +351,20 @@ class Daemon:
         except OSError:
             return None
 
+    def _file_hash(self) -> str | None:
+        state = self._file_state
+        return state[2] if state else None
+
     def _watch(self) -> None:
         last_recovery = time.monotonic()
         while not self.stopping.wait(self.poll_interval):
             if time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
-                # another daemon on this ledger may have died: take over its runs
+                # another daemon on this ledger may have died or stopped: take over its runs
                 last_recovery = time.monotonic()
                 try:
-                    self._recover_interrupted(include_stopped=False)
-                except Exception:
-                    log.exception("recovery check failed; trying again later")
+                    self._recover_interrupted()
+                except Exception as error:  # the ledger may be down: one line, not a traceback
+                    log.warning("recovery check failed (%s); trying again later", error)
             state = self._stat()
             if state is None or state == self._file_state:
                 continue
@@ -376,6 +393,10 @@ class Daemon:
                 self.scheduler.remove_job(name)
             log.info("%s: %s", name, "updated" if name in self._jobs else "added")
         self._jobs, self._fingerprints, self.jobs_file = new, prints, jobs_file
+        try:
+            self.ledger.nodes.configure(jobs_hash=self._file_hash())
+        except Exception as error:  # only shown by `notifier nodes`
+            log.warning("could not record the new jobs file hash: %s", error)
         log.info("reloaded %s: %d job(s)", self.jobs_path, len(new))
         return True
 
@@ -394,13 +415,15 @@ class Daemon:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """No new runs; wait up to the grace period; then kill and mark interrupted."""
+        """No new runs; wait up to the grace period (runs finish, mail in flight goes out);
+        then kill what still runs, mark it interrupted and hand it over."""
         self.stopping.set()
         log.info(
             "stopping: no new runs; waiting up to %.0fs for running ones",
             self.settings.shutdown_grace,
         )
         self.scheduler.shutdown(wait=False)
+        self.delivery.request_stop()
         deadline = time.monotonic() + self.settings.shutdown_grace
         with self._active_lock:
             while self._active and time.monotonic() < deadline:
@@ -410,11 +433,21 @@ class Daemon:
             log.warning(
                 "%d run(s) still going after the grace period: killing their kernels", still
             )
+            self.hard_stop.set()
             terminate_active_workers()
             with self._active_lock:
                 self._active_lock.wait_for(lambda: self._active == 0, timeout=15)
+        if not self.delivery.stop(timeout=max(0.0, deadline - time.monotonic())):
+            self.hard_stop.set()  # mail not sent yet stays queued for the next daemon
+            self.delivery.stop(timeout=15)
         for run in self.ledger.mark_interrupted_mine():
-            log.warning("%s: run %s of slot %s marked interrupted", run.job, run.run_id, run.slot)
+            log.warning(
+                "%s: run %s of slot %s marked interrupted; another daemon on this ledger takes "
+                "it over, or this one re-runs it at its next start",
+                run.job,
+                run.run_id,
+                run.slot,
+            )
         self.ledger.close()
         self.stopped.set()
         log.info("stopped")

@@ -105,7 +105,11 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the runner dies (kill -9), so no orphan runs on."""
+    """Linux: get SIGTERM when the runner dies (kill -9 included), so no orphan runs on.
+
+    The runner passes its pid (``NOTIFIER_PARENT_PID``): comparing with it, rather than
+    with 1, keeps this working when the runner itself is PID 1 (a container's entrypoint).
+    """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -116,12 +120,41 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the runner died before prctl took effect
-        sys.exit(1)
+    expected = os.environ.get("NOTIFIER_PARENT_PID", "")
+    if expected.isdigit() and os.getppid() != int(expected):
+        sys.exit(1)  # the runner died before prctl took effect
+
+
+def _adopt_descendants() -> None:
+    """Linux: become the subreaper of everything the kernel starts, and take it down with us.
+
+    As a child subreaper (PR_SET_CHILD_SUBREAPER) this process inherits the kernel's
+    orphaned descendants (a ``nohup cmd &`` or a double-forked daemon in a session of its
+    own) instead of init, so they stay in its process tree. On SIGTERM (the runner died,
+    or the runner stops the run) every descendant is killed before this process exits.
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            pass
+
+    def stop(signum: int, _frame: Any) -> None:
+        from notifier.processes import kill_descendants
+
+        kill_descendants(os.getpid())
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv: list[str]) -> int:
     """Entry point: run the spec file named in argv[1], write result.json."""
+    _adopt_descendants()
     _die_with_parent()
     spec_path = Path(argv[1])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))

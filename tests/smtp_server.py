@@ -83,6 +83,8 @@ class Behaviour:
     silence_after_data: float = 0.0
     size_limit: int | None = None
     close_after: int | None = None
+    # the message is taken (recorded) at the final dot, the 250 comes this much later
+    reply_delay_after_data: float = 0.0
 
 
 @dataclass
@@ -216,6 +218,9 @@ class _Handler:
             smtp.transport.close()  # no reply: the client sees EOF after its final dot
             await asyncio.sleep(30)  # cancelled when the connection is gone
             return None
+        if self.server.behaviour.reply_delay_after_data:
+            self.server._count("slow_replies")
+            await asyncio.sleep(self.server.behaviour.reply_delay_after_data)
         smtp._accepted = getattr(smtp, "_accepted", 0) + 1
         limit = self.server.behaviour.close_after
         if limit and smtp._accepted >= limit:
@@ -262,9 +267,9 @@ class _SMTP(SMTP):
 class _Controller(Controller):
     """A Controller bound to an OS-chosen free port that counts connections."""
 
-    def __init__(self, server: SMTPTestServer, **kwargs: Any) -> None:
+    def __init__(self, server: SMTPTestServer, port: int = 0, **kwargs: Any) -> None:
         self._owner = server
-        super().__init__(_Handler(server), hostname="127.0.0.1", port=0, **kwargs)
+        super().__init__(_Handler(server), hostname="127.0.0.1", port=port, **kwargs)
 
     def factory(self) -> SMTP:
         smtp = _SMTP(self._owner, self.handler, **self.SMTP_kwargs)
@@ -339,7 +344,8 @@ class SMTPTestServer:
             kwargs.update(ssl_context=_server_context(), auth_require_tls=False)
         else:
             kwargs.update(auth_require_tls=False)  # plain: AUTH offered, for the refusal tests
-        self._controller = _Controller(self, **kwargs)
+        # a restart (after stop()) listens on the same port: an outage, not a new server
+        self._controller = _Controller(self, port=self.port, **kwargs)
         self._controller.start()
         self.port = self._controller.port
         with self.lock:

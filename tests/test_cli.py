@@ -69,9 +69,22 @@ def test_list_from_elsewhere_uses_the_projects_ledger(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # read-only commands never create a ledger; they say there is none yet
     result = notifier(elsewhere, "list", "--json", str(project / "jobs.yaml"))
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["jobs"][0]["last_status"] is None
+    for args in (["history"], ["history", "--failed"], ["queue"]):
+        result = notifier(project, *args)
+        assert result.returncode == 0, result.stderr
+        assert "no ledger yet" in result.stdout, result.stdout
+    assert not (project / "ledger.db").exists()
+    assert not (elsewhere / "ledger.db").exists()
+
+    ran = notifier(project, "run", "report", "--dry-run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
     assert (project / "ledger.db").exists()
+    result = notifier(elsewhere, "list", "--json", str(project / "jobs.yaml"))
+    assert json.loads(result.stdout)["jobs"][0]["last_status"] == "succeeded"
     assert not (elsewhere / "ledger.db").exists()
 
 

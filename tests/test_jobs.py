@@ -146,7 +146,8 @@ def test_full_file_resolves_every_value(project):
     assert sales.to == ("team@example.com",)
     assert sales.cc == ("boss@example.com",)
     assert sales.bcc == ()
-    assert sales.on_failure == ("team@example.com",)  # defaults to the job's to
+    assert sales.on_failure == ()  # not set: problems go to the job's to + cc
+    assert sales.failure_recipients == ["team@example.com", "boss@example.com"]
     assert sales.enabled is True
     assert sales.timeout_seconds == 900.0
     assert sales.cell_timeout_seconds == 90.0

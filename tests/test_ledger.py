@@ -193,8 +193,6 @@ def test_naive_datetimes_and_bad_values_are_refused(ledger: Ledger) -> None:
         ledger.finish(run.run_id, "running")
     with pytest.raises(TypeError, match="summary"):
         ledger.finish(run.run_id, "failed", error=RuntimeError("raw exception"))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="status"):
-        ledger.record_delivery(run.run_id, "k", "<m@x>", "a@example.com", "sent")
     assert ledger.get(run.run_id).status == "claimed"  # type: ignore[union-attr]
 
 
@@ -426,7 +424,7 @@ def test_recover_interrupted_after_sigkill_but_not_live_owner(db_url: str, ledge
         assert {r.status for r in recovered} == {"interrupted"}
         by_id = {r.run_id: r for r in recovered}
         assert by_id[doomed_id].owner == before.owner
-        assert by_id[doomed_id].error == f"owner process {before.owner} is gone"
+        assert by_id[doomed_id].error == f"node {before.owner}: process {doomed.pid} is gone"
         assert ledger.get(alive_id).status == "running"  # type: ignore[union-attr]
         assert ledger.recover_interrupted() == []  # nothing left to take
 
@@ -441,44 +439,84 @@ def test_recover_interrupted_after_sigkill_but_not_live_owner(db_url: str, ledge
             proc.communicate(timeout=30)
 
 
-def test_recover_detects_reused_pid_by_start_time(make_ledger: MakeLedger) -> None:
-    host, pid = socket.gethostname(), os.getpid()
-    # same host and pid as this (live) process but another start time: a previous
-    # process whose pid we inherited, e.g. a restarted container's pid 1
-    previous = make_ledger(owner=f"{host}:{pid}:1000-old")
+def test_recover_detects_reused_pid_by_start_time(make_ledger: MakeLedger, db_url: str) -> None:
+    previous = make_ledger(owner="old-node")
     sibling = make_ledger()  # another Ledger in this very process: alive
     me = make_ledger()
     gone = previous.claim("daily", T0)
     live = sibling.claim("daily", T0 + timedelta(days=1))
     assert gone is not None and live is not None
+    # the old node had this very pid but started at another time: a previous process
+    # whose pid we inherited (a restarted container's pid 1); its lease is still valid
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        raw.execute("UPDATE nodes SET process_start_ms = 1000 WHERE node_id = 'old-node'")
     recovered = me.recover_interrupted()
     assert [r.run_id for r in recovered] == [gone.run_id]
+    assert "process" in (recovered[0].error or "") and "is gone" in (recovered[0].error or "")
     assert me.get(live.run_id).status == "claimed"  # type: ignore[union-attr]
 
 
-def test_recover_stale_heartbeat_from_another_host(make_ledger: MakeLedger) -> None:
+def test_pids_are_not_trusted_across_hosts_or_pid_namespaces(
+    make_ledger: MakeLedger, db_url: str
+) -> None:
+    """Two containers with one hostname but separate pid namespaces: only leases count."""
+    elsewhere = make_ledger(owner="container-b")
+    me = make_ledger()
+    run = elsewhere.claim("daily", T0)
+    assert run is not None
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        # its pid means nothing here (it may be a pid that does not exist in this namespace)
+        raw.execute(
+            "UPDATE nodes SET host_key = 'boot:other-namespace', pid = 999999 "
+            "WHERE node_id = 'container-b'"
+        )
+    assert me.recover_interrupted() == []  # its lease is valid: alive, whatever the pid
+
+
+def test_recover_runs_of_nodes_whose_lease_ran_out(make_ledger: MakeLedger) -> None:
     now = datetime.now(UTC)
-    stale_node = make_ledger(owner="node-7:4242:1-a", clock=Clock(now - timedelta(seconds=300)))
-    slow_clock = Clock(now - timedelta(seconds=300))
-    slow_node = make_ledger(owner="node-8:4242:1-b", clock=slow_clock)
+    stale_node = make_ledger(owner="node-7", clock=Clock(now - timedelta(seconds=300)))
+    busy_clock = Clock(now - timedelta(seconds=300))
+    busy_node = make_ledger(owner="node-8", clock=busy_clock)
     me = make_ledger()
     stale = stale_node.claim("alert", T0)
-    slow = slow_node.claim("alert", T0 + timedelta(minutes=5))
-    assert stale is not None and slow is not None
-    assert slow_node.mark_running(slow.run_id)
-    # a long-running job on another host that keeps sending heartbeats is left alone
-    slow_clock.now = now - timedelta(seconds=10)
-    assert slow_node.heartbeat(slow.run_id)
-    assert me.recover_interrupted(stale_after=600) == []
-    recovered = me.recover_interrupted(stale_after=120)
+    busy = busy_node.claim("alert", T0 + timedelta(minutes=5))
+    assert stale is not None and busy is not None
+    assert busy_node.mark_running(busy.run_id)
+    # a long run on a node that keeps renewing its lease is left alone
+    busy_clock.now = now
+    assert busy_node.nodes.heartbeat() is False  # its lease had run out meanwhile...
+    assert busy_node.nodes.heartbeat() is True  # ...and is renewed now
+    recovered = me.recover_interrupted()
     assert [r.run_id for r in recovered] == [stale.run_id]
     assert recovered[0].status == "interrupted"
-    assert recovered[0].error is not None
-    assert recovered[0].error.startswith("no heartbeat from node-7:4242:1-a since ")
-    assert me.get(slow.run_id).status == "running"  # type: ignore[union-attr]
-    # its heartbeat fails once another node declared it interrupted
-    assert me.recover_interrupted(stale_after=5)[0].run_id == slow.run_id
-    assert slow_node.heartbeat(slow.run_id) is False
+    assert (recovered[0].error or "").startswith("node node-7 missed its lease")
+    assert me.get(busy.run_id).status == "running"  # type: ignore[union-attr]
+    # a node stopped (SIGTERM) hands its runs over at once
+    busy_node.nodes.stop()
+    assert [r.run_id for r in me.recover_interrupted()] == [busy.run_id]
+    # and its writes are refused from then on (fencing)
+    assert busy_node.holds(busy.run_id, busy.attempt) is False
+    assert busy_node.finish(busy.run_id, "succeeded", attempt=busy.attempt) is True  # not reclaimed
+    taken = me.reclaim(stale.run_id, trigger="retry", attempt=stale.attempt)
+    assert taken is not None and taken.attempt == 2
+    assert stale_node.finish(stale.run_id, "succeeded", attempt=stale.attempt) is False
+
+
+def test_handed_over_lists_interrupted_runs_of_stopped_nodes(make_ledger: MakeLedger) -> None:
+    leaving = make_ledger(owner="leaving")
+    staying = make_ledger(owner="staying")
+    mine = leaving.claim("daily", T0)
+    theirs = staying.claim("daily", T0 + timedelta(days=1))
+    manual = leaving.claim("daily", T0, trigger="manual")
+    assert mine and theirs and manual
+    assert {r.run_id for r in leaving.mark_interrupted_mine()} == {mine.run_id, manual.run_id}
+    assert staying.handed_over(T0 - timedelta(days=1)) == []  # its node is still alive
+    leaving.nodes.stop()
+    handed = staying.handed_over(T0 - timedelta(days=1))
+    assert [r.run_id for r in handed] == [mine.run_id]  # manual runs are not re-run
+    assert staying.handed_over(T0 + timedelta(hours=1)) == []  # outside the window
+    assert staying.reclaim(mine.run_id, trigger="retry", attempt=1) is not None
 
 
 def test_two_recovering_daemons_take_each_run_once(make_ledger: MakeLedger) -> None:
@@ -486,7 +524,7 @@ def test_two_recovering_daemons_take_each_run_once(make_ledger: MakeLedger) -> N
     for n in range(20):
         assert dead.claim("alert", T0 + timedelta(minutes=n)) is not None
     recoverers = [make_ledger(owner=f"r{i}:{i}:0-x") for i in range(3)]
-    results = race(len(recoverers), lambda i: recoverers[i].recover_interrupted(stale_after=60))
+    results = race(len(recoverers), lambda i: recoverers[i].recover_interrupted())
     taken = [r.slot for rs in results for r in rs]  # type: ignore[attr-defined]
     assert sorted(taken) == [T0 + timedelta(minutes=n) for n in range(20)]
 
@@ -512,51 +550,6 @@ def test_mark_interrupted_mine_on_shutdown(make_ledger: MakeLedger) -> None:
     # once another process reclaimed it, the late finish is refused
     assert other.reclaim(claimed.run_id, trigger="retry") is not None
     assert me.finish(claimed.run_id, "succeeded") is False
-
-
-# ---------------------------------------------------------------- deliveries
-
-
-def test_accepted_recipients_across_attempts(make_ledger: MakeLedger) -> None:
-    first = make_ledger(owner="host-a:1:1-a")
-    second = make_ledger(owner="host-b:2:2-b")
-    run = first.claim("daily", T0, recipients=["a@x.org", "b@x.org", "c@x.org"])
-    assert run is not None and first.mark_running(run.run_id)
-    first.record_delivery(run.run_id, "report-0", "<1@x>", "a@x.org", "accepted", 250, "2.0.0 OK")
-    first.record_delivery(run.run_id, "report-0", "<1@x>", "b@x.org", "failed", 451, "try later")
-    first.record_delivery(run.run_id, "report-0", "<1@x>", "c@x.org", "refused", 550, "no user")
-    first.record_delivery(run.run_id, "summary-1", "<2@x>", "a@x.org", "outbox")
-    assert first.accepted_recipients("daily", T0, "report-0") == {"a@x.org"}
-    assert first.accepted_recipients("daily", T0, "summary-1") == {"a@x.org"}
-    assert first.accepted_recipients("daily", T0 + timedelta(days=1), "report-0") == set()
-    assert first.accepted_recipients("daily", T0, "report-0", manual=True) == set()
-    assert first.accepted_recipients("weekly", T0, "report-0") == set()
-
-    # crash, recovery and a second attempt of the same slot by another process
-    assert first.finish(run.run_id, "interrupted")
-    retry = second.reclaim(run.run_id, trigger="retry")
-    assert retry is not None
-    assert second.accepted_recipients("daily", T0, "report-0") == {"a@x.org"}
-    second.record_delivery(run.run_id, "report-0", "<3@x>", "b@x.org", "accepted", 250, "OK")
-    assert second.accepted_recipients("daily", T0, "report-0") == {"a@x.org", "b@x.org"}
-
-    rows = second.deliveries(run.run_id)
-    assert [(d.attempt, d.recipient, d.status, d.code) for d in rows] == [
-        (1, "a@x.org", "accepted", 250),
-        (1, "b@x.org", "failed", 451),
-        (1, "c@x.org", "refused", 550),
-        (1, "a@x.org", "outbox", None),
-        (2, "b@x.org", "accepted", 250),
-    ]
-    assert rows[1].reply == "try later"
-    assert rows[3].reply == ""
-    assert all(d.at.tzinfo is UTC for d in rows)
-    assert all(d.run_id == run.run_id for d in rows)
-
-
-def test_record_delivery_for_unknown_run_is_refused(ledger: Ledger) -> None:
-    with pytest.raises(ValueError, match="no run with run_id 'nope'"):
-        ledger.record_delivery("nope", "k", "<m@x>", "a@x.org", "accepted")
 
 
 # ------------------------------------------------------------------- queries
@@ -614,28 +607,37 @@ def test_last_queries(ledger: Ledger) -> None:
     assert ledger.last_slot("other-job") is None
 
 
-def test_purge_returns_paths_and_removes_deliveries(ledger: Ledger) -> None:
+def test_purge_returns_paths_and_removes_mail(ledger: Ledger) -> None:
+    from test_queue import deliver_everything, message
+
     old = ledger.claim("daily", T0)
     assert old is not None
-    ledger.record_delivery(old.run_id, "r", "<1@x>", "a@x.org", "accepted", 250, "OK")
+    ledger.queue.enqueue(old.run_id, 1, ledger.owner, [message("a@x.org", chart=b"shared")])
+    deliver_everything(ledger)
     assert ledger.finish(old.run_id, "succeeded", output_path="runs/daily/1.ipynb")
     no_file = finished_run(ledger, "daily", T0 + timedelta(days=1), "failed")
     old_active = ledger.claim("daily", T0 + timedelta(days=2))
     keep = ledger.claim("daily", T0 + timedelta(days=10))
     other_job = ledger.claim("weekly", T0)
     assert old_active and keep and other_job
-    ledger.record_delivery(keep.run_id, "r", "<2@x>", "a@x.org", "accepted")
+    ledger.queue.enqueue(keep.run_id, 1, ledger.owner, [message("b@x.org", chart=b"shared")])
+    deliver_everything(ledger)
     assert ledger.finish(keep.run_id, "succeeded", output_path="runs/daily/10.ipynb")
     assert ledger.finish(other_job.run_id, "succeeded", output_path="runs/weekly/1.ipynb")
+    waiting = finished_run(ledger, "daily", T0 + timedelta(days=3), "skipped")
+    ledger.queue.add(waiting.run_id, [message("c@x.org")])  # its recovery email still waits
 
     paths = ledger.purge("daily", T0 + timedelta(days=5))
     assert paths == ["runs/daily/1.ipynb"]
     assert ledger.get(old.run_id) is None
     assert ledger.get(no_file.run_id) is None
-    assert ledger.deliveries(old.run_id) == []
-    assert ledger.accepted_recipients("daily", T0, "r") == set()
+    assert ledger.queue.rows(run_ids=[old.run_id]) == []
     assert ledger.get(old_active.run_id) is not None  # active runs are never purged
-    assert [d.message_id for d in ledger.deliveries(keep.run_id)] == ["<2@x>"]
+    assert ledger.get(waiting.run_id) is not None  # nor runs with mail still waiting
+    assert [r.recipient for r in ledger.queue.rows(run_ids=[keep.run_id])] == ["b@x.org"]
+    # the part both runs shared is still there for the run that was kept
+    sha = ledger.queue.message(ledger.queue.messages_of(keep.run_id)[0]).spec["images"][0]["sha256"]
+    assert ledger.queue.load_parts([sha]) == {sha: b"shared"}
     assert ledger.get(other_job.run_id) is not None
     assert ledger.purge("daily", T0 + timedelta(days=5)) == []
     # the purged slot is free again

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,19 +24,11 @@ import pytest
 
 from notebooks import kernels_of_run, write_notebook
 from notifier.config import parse_settings
-from notifier.errors import MessageError, RunError
-from notifier.message import Email
+from notifier.errors import RunError
+from notifier.ledger import Ledger
 from notifier.report import EMAIL_MIME
-from notifier.runner import (
-    Execution,
-    RunRequest,
-    _finish_execution,
-    deliver,
-    execute,
-    failure_email,
-    plan,
-    run,
-)
+from notifier.runner import Execution, RunRequest, _finish_execution, execute
+from notifier.runs.path import RunPath, RunResult, adhoc_job
 from notifier.transport.base import Outgoing
 from notifier.transport.memory import MemoryTransport
 from notifier.transport.outbox import OutboxTransport
@@ -56,6 +49,65 @@ def settings_in(folder: Path, **extra: str):
         {"NOTIFIER_RUNS_DIR": str(folder / "runs"), "NOTIFIER_OUTBOX": str(folder / "outbox")}
         | extra
     )
+
+
+@dataclass
+class Outcome:
+    """What a run through the one run path did (for the assertions below)."""
+
+    result: RunResult
+    ledger_url: str
+
+    @property
+    def status(self) -> str:
+        return self.result.run.status
+
+    @property
+    def error(self) -> str | None:
+        return self.result.run.error
+
+    @property
+    def execution(self) -> Execution:
+        assert self.result.execution is not None
+        return self.result.execution
+
+    @property
+    def run_id(self) -> str:
+        return self.result.run.run_id
+
+    @property
+    def ok(self) -> bool:
+        return self.status in {"succeeded", "skipped"}
+
+    def history(self) -> list[dict]:
+        from notifier.ledger.queries import run_rows
+
+        with Ledger(self.ledger_url) as ledger:
+            return run_rows(ledger, ledger.history(limit=None))
+
+
+def run(request: RunRequest, settings, transport, *, on_failure=None) -> Outcome:
+    """``request`` through the one run path (ad-hoc job, ledger next to the runs folder)."""
+    url = f"sqlite:///{settings.runs_dir.parent / 'ledger.db'}"
+    job = adhoc_job(
+        request.notebook,
+        name=request.job_name or Path(request.notebook).stem,
+        parameters=request.parameters,
+        to=request.to,
+        cc=request.cc,
+        bcc=request.bcc,
+        on_failure=on_failure,
+        timeout=request.timeout,
+        cell_timeout=request.cell_timeout,
+    )
+    with Ledger(url) as ledger:
+        path = RunPath(settings, ledger, transports=lambda _kind: transport)
+        if request.scheduled_for is not None:
+            result = path.run_slot(job, request.scheduled_for)
+            assert result is not None
+        else:
+            result = path.run_now(job)
+    return Outcome(result, url)
 
 
 def email_bundles(notebook: Path) -> list[dict]:
@@ -131,7 +183,6 @@ def report_run(tmp_path_factory):
         to=["boss@example.com"],
         cc=["team@example.com"],
         bcc=["audit@example.com"],
-        run_id="run0000test1",
         scheduled_for=SCHEDULED,
     )
     outcome = run(request, settings, transport)
@@ -145,28 +196,34 @@ def test_report_run_succeeds_and_archives(report_run):
         execution.run_dir / "worker.log"
     ).read_text()
     assert outcome.ok
-    assert execution.run_id == "run0000test1"
+    assert execution.run_id == outcome.run_id
     assert (
         execution.run_dir
-        == (settings.runs_dir / "sales-daily" / "20240506T080000Z-run0000test1").resolve()
+        == (settings.runs_dir / "sales-daily" / f"20240506T080000Z-{outcome.run_id}").resolve()
     )
-    for name in ("output.ipynb", "output.html", "worker.log", "run.json"):
+    for name in ("output.ipynb", "output.html", "worker.log", "result.json", "spec.json"):
         assert (execution.run_dir / name).is_file(), name
-    summary = json.loads((execution.run_dir / "run.json").read_text())
-    assert summary["status"] == "succeeded"
-    assert summary["run_id"] == "run0000test1"
-    assert summary["job"] == "sales-daily"
-    assert [r["subject"] for r in summary["results"]] == [m.subject for m in transport.sent]
-    assert outcome.failure_results == []
+    (row,) = outcome.history()
+    assert (row["job"], row["run_id"], row["status"]) == (
+        "sales-daily",
+        outcome.run_id,
+        "succeeded",
+    )
+    assert [d["subject"] for d in row["deliveries"]] == [
+        m.subject for m in transport.sent for _ in m.recipients
+    ]
+    assert {d["status"] for d in row["deliveries"]} == {"delivered"}
+    assert {d["purpose"] for d in row["deliveries"]} == {"report"}  # no failure email
 
 
 def test_parameters_and_run_metadata_reach_the_notebook(report_run):
-    _, transport, _ = report_run
+    outcome, transport, _ = report_run
     subjects = [out.subject for out in transport.sent]
     assert subjects == [
         "Sales EU — Zürich ✓ (42)",
         "Sales US — Zürich ✓ (42)",
-        "Summary US 42 ['EU', 'US'] run=run0000test1 job=sales-daily at=2024-05-06T08:00:00+00:00",
+        f"Summary US 42 ['EU', 'US'] run={outcome.run_id} job=sales-daily "
+        "at=2024-05-06T08:00:00+00:00",
     ]
 
 
@@ -236,7 +293,8 @@ def test_output_notebook_records_the_emails_and_stays_small(report_run):
     latest = {b["email_id"]: b for b in bundles}
     by_subject = {b["subject"]: b for b in latest.values()}
     summary = by_subject[
-        "Summary US 42 ['EU', 'US'] run=run0000test1 job=sales-daily at=2024-05-06T08:00:00+00:00"
+        f"Summary US 42 ['EU', 'US'] run={outcome.run_id} job=sales-daily "
+        "at=2024-05-06T08:00:00+00:00"
     ]
     assert summary["to"] == []  # the runner adds the job's recipients; the archive says so
     big = summary["attachments"][2]
@@ -323,23 +381,51 @@ def test_parameter_holding_the_password_is_refused(tmp_path, simple_notebook, pa
     assert not settings.runs_dir.exists()
 
 
-def test_an_invalid_email_stops_the_whole_batch_before_sending(tmp_path):
-    settings = settings_in(tmp_path)
-    request = RunRequest(tmp_path / "x.ipynb", to=["boss@example.com"])
-    execution = Execution(
-        request,
-        "r1",
-        tmp_path,
-        "succeeded",
-        emails=[
-            Email(subject="good", to=["a@example.com"], text="x"),
-            Email(subject="bad", to=["bob@"], text="x"),
-        ],
+def test_an_invalid_email_fails_the_run_before_anything_is_sent(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "two.ipynb",
+        """
+        from notifier import report
+        report.email("good", to="a@example.com").text("x")
+        report.email("bad", to="bob@").text("x")
+        report.email("line\\nbreak", to="c@example.com").text("x")
+        """,
     )
     transport = MemoryTransport()
-    with pytest.raises(MessageError, match="'bob@' is not a valid email address"):
-        deliver(plan(execution, settings), transport)
-    assert transport.sent == []
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings_in(tmp_path), transport)
+    assert outcome.status == "failed"
+    # the real cause: which email, which field
+    assert outcome.error == (
+        "an email cannot be sent: 'bob@' is not a valid email address (to)."
+    ), outcome.error
+    # nothing of the run went out; the failure email did, with a one-line subject
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: two: an email cannot be sent: 'bob@' is not a valid email address (to)."
+    ]
+    assert transport.sent[0].recipients == ("boss@example.com",)
+    (row,) = outcome.history()
+    assert row["status"] == "failed"
+    assert [(d["purpose"], d["recipient"], d["status"]) for d in row["deliveries"]] == [
+        ("failure", "boss@example.com", "delivered")
+    ]
+
+
+def test_a_line_break_in_a_subject_fails_the_run_with_the_cause(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "crlf.ipynb",
+        """
+        from notifier import report
+        report.email("Sales\\r\\nBcc: everyone@example.com", to="a@example.com").text("x")
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings_in(tmp_path), transport)
+    assert outcome.status == "failed"
+    assert outcome.error is not None and "subject contains a line break" in outcome.error
+    (failure,) = transport.sent
+    assert "\n" not in failure.subject and "\r" not in failure.subject
+    assert failure.subject.startswith("[notifier] FAILED: crlf: an email cannot be sent: ")
+    assert "everyone@example.com" not in failure.recipients
 
 
 @pytest.mark.parametrize("case", ["missing-part", "no-output-notebook"])
@@ -381,8 +467,6 @@ def test_unreadable_output_is_a_failure_with_a_failure_email(tmp_path, case):
     }[case]
     assert execution.error.startswith(expected), execution.error
     assert execution.failure["kind"] == "collect"
-    message = failure_email(execution, settings_in(tmp_path))
-    assert message is not None and message.recipients == ("boss@example.com",)
 
 
 # -- skip, failure, timeout, dead kernel -------------------------------------------------------
@@ -407,12 +491,12 @@ def test_skip_sends_nothing_and_stops_the_notebook(tmp_path):
     assert outcome.execution.skip_reason == "no new rows since 2024-05-05"
     assert outcome.error is None
     assert transport.sent == []
-    assert outcome.failure_results == []
     assert not (tmp_path / "after-skip.txt").exists()
-    summary = json.loads((outcome.execution.run_dir / "run.json").read_text())
-    assert (summary["status"], summary["skip_reason"]) == (
+    (row,) = outcome.history()
+    assert (row["status"], row["notes"], row["deliveries"]) == (
         "skipped",
         "no new rows since 2024-05-05",
+        [],
     )
 
 
@@ -434,8 +518,8 @@ def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
         'Path("after-error.txt").write_text("ran")',
     )
     transport = MemoryTransport()
-    request = RunRequest(notebook, to=["boss@example.com"], on_failure=["ops@example.com"])
-    outcome = run(request, settings_in(tmp_path), transport)
+    request = RunRequest(notebook, to=["boss@example.com"])
+    outcome = run(request, settings_in(tmp_path), transport, on_failure=["ops@example.com"])
     execution = outcome.execution
 
     assert outcome.status == "failed"
@@ -466,10 +550,14 @@ def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
     attached = files[0].get_payload(decode=True)
     assert attached == execution.output_html.read_bytes()
     assert b"boom: bad data 42" in attached
-    summary = json.loads((execution.run_dir / "run.json").read_text())
-    assert summary["status"] == "failed"
-    assert summary["error"] == "cell 3 raised ValueError: boom: bad data 42"
-    assert [r["recipients"][0]["address"] for r in summary["failure_email"]] == ["ops@example.com"]
+    (row,) = outcome.history()
+    assert (row["status"], row["error"]) == (
+        "failed",
+        "cell 3 raised ValueError: boom: bad data 42",
+    )
+    assert [(d["purpose"], d["recipient"], d["status"]) for d in row["deliveries"]] == [
+        ("failure", "ops@example.com", "delivered")
+    ]
 
 
 def test_timeout_kills_the_kernel_and_its_children(tmp_path):
@@ -493,7 +581,6 @@ def test_timeout_kills_the_kernel_and_its_children(tmp_path):
         parameters={"pidfile": str(pidfile)},
         to=["boss@example.com"],
         timeout=6,
-        run_id="timeout00001",
     )
     outcome = run(request, settings_in(tmp_path), transport)
 
@@ -503,7 +590,7 @@ def test_timeout_kills_the_kernel_and_its_children(tmp_path):
     kernel_pid, child_pid = (int(p) for p in pidfile.read_text().split())
     assert gone(kernel_pid), f"kernel {kernel_pid} still alive"
     assert gone(child_pid), f"sleep child {child_pid} still alive"
-    assert kernels_of_run("timeout00001") == []
+    assert kernels_of_run(outcome.run_id) == []
     assert [m.subject for m in transport.sent] == [
         "[notifier] FAILED: slow: timed out after 6s; the kernel was killed"
     ]
@@ -537,7 +624,7 @@ def test_cell_timeout_fails_the_run(tmp_path):
     notebook = write_notebook(tmp_path / "stuck.ipynb", "import time\ntime.sleep(120)")
     transport = MemoryTransport()
     outcome = run(
-        RunRequest(notebook, to=["boss@example.com"], cell_timeout=3, run_id="celltimeout1"),
+        RunRequest(notebook, to=["boss@example.com"], cell_timeout=3),
         settings_in(tmp_path),
         transport,
     )
@@ -545,14 +632,14 @@ def test_cell_timeout_fails_the_run(tmp_path):
     assert outcome.error.startswith("a cell exceeded the cell timeout: "), outcome.error
     assert outcome.execution.duration < 60
     assert [m.subject for m in transport.sent] == [f"[notifier] FAILED: stuck: {outcome.error}"]
-    assert kernels_of_run("celltimeout1") == []
+    assert kernels_of_run(outcome.run_id) == []
 
 
 def test_dead_kernel_fails_the_run(tmp_path):
     notebook = write_notebook(tmp_path / "crash.ipynb", "import os\nos._exit(1)")
     transport = MemoryTransport()
     outcome = run(
-        RunRequest(notebook, to=["boss@example.com"], run_id="deadkernel01"),
+        RunRequest(notebook, to=["boss@example.com"]),
         settings_in(tmp_path),
         transport,
     )
@@ -560,7 +647,7 @@ def test_dead_kernel_fails_the_run(tmp_path):
     assert "kernel died" in outcome.error
     assert len(transport.sent) == 1
     assert "kernel died" in transport.sent[0].subject
-    assert kernels_of_run("deadkernel01") == []
+    assert kernels_of_run(outcome.run_id) == []
 
 
 # -- the SMTP password never reaches the kernel or the archive ----------------------------------
@@ -620,9 +707,10 @@ def test_the_password_never_reaches_the_kernel_or_any_file(tmp_path, monkeypatch
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     files += [p for p in settings.outbox_dir.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"output.ipynb", "output.html", "worker.log", "run.json"} <= names
+    assert {"output.ipynb", "output.html", "worker.log", "result.json"} <= names
     assert any(name.endswith(".eml") for name in names)
-    for path in files:  # ...but the password is nowhere
+    files.append(settings.runs_dir.parent / "ledger.db")
+    for path in files:  # ...but the password is nowhere (the ledger included)
         assert PASSWORD.encode() not in path.read_bytes(), path
     assert PASSWORD not in caplog.text
 
@@ -665,16 +753,32 @@ def test_cli_dry_run_writes_the_email_to_the_outbox(cli_project):
     message = email.message_from_bytes(emls[0].read_bytes(), policy=email.policy.default)
     assert message["Subject"] == "Daily US 7"
     assert message["To"] == "boss@example.com"
-    assert ": succeeded in " in result.stdout
-    assert "accepted: boss@example.com" in result.stdout
+    assert "daily.ipynb: run " in result.stdout and " succeeded in " in result.stdout
+    assert (
+        f"email 'Daily US 7' to boss@example.com: written to outbox {emls[0].with_suffix('.html')}"
+        in result.stdout
+    )
     assert len(list((cli_project / "runs" / "daily").glob("*/output.ipynb"))) == 1
+    # an ad-hoc run is in the history, named after its notebook, with its recipients
+    history = subprocess.run(
+        [sys.executable, "-m", "notifier", "history", "--json"],
+        cwd=cli_project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (row,) = json.loads(history.stdout)
+    assert (row["job"], row["status"], row["trigger"]) == ("daily.ipynb", "succeeded", "manual")
+    assert [(d["recipient"], d["status"]) for d in row["deliveries"]] == [
+        ("boss@example.com", "delivered")
+    ]
 
 
 def test_cli_failing_notebook_exits_1(cli_project):
     write_notebook(cli_project / "broken.ipynb", "1 / 0")
     result = cli(cli_project, "broken.ipynb", "--to", "boss@example.com", "--dry-run")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert ": failed in " in result.stdout
+    assert " failed in " in result.stdout
     assert "error: cell 2 raised ZeroDivisionError: division by zero" in result.stdout
     assert "Traceback" not in result.stderr
     assert len(list((cli_project / "outbox").glob("*.eml"))) == 1  # the failure email

@@ -10,7 +10,6 @@ here (``daemon._submit``) so each test can look at the outcome right after the c
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -25,10 +24,13 @@ import pytest
 
 from notebooks import write_notebook
 from notifier.config import Settings, parse_settings
+from notifier.delivery.planning import plan_email
 from notifier.jobs import Job
 from notifier.ledger import Ledger
+from notifier.ledger.queue import Answer
+from notifier.ledger.statuses import RecipientStatus
 from notifier.message import Email
-from notifier.runner import email_key, run_folder
+from notifier.runner import run_folder
 from notifier.schedule import parse_schedule
 from notifier.scheduler import Daemon, missed_slots
 from notifier.transport.memory import MemoryTransport
@@ -106,7 +108,7 @@ class Project:
         daemon = Daemon(
             self.jobs_path,
             self.settings,
-            transport_factory=lambda: self.transport,
+            transports=lambda _kind: self.transport,
             clock=clock,
             **kwargs,
         )
@@ -147,6 +149,11 @@ def seed_finished(ledger: Ledger, job: str, slot: datetime, status: str = "succe
     return run.run_id
 
 
+def mail(ledger: Ledger, run_id: str) -> list[tuple[str, str, str]]:
+    """(purpose, recipient, status) of every queued email of a run, in the order planned."""
+    return [(r.purpose, r.recipient, r.status) for r in ledger.queue.rows(run_ids=[run_id])]
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(30)
@@ -185,17 +192,15 @@ jobs:
     with caplog.at_level(logging.INFO, logger="notifier"):
         daemon._catch_up()
 
-    missed = [r.getMessage() for r in caplog.records if "missed slot" in r.getMessage()]
-    assert len(missed) == 6, missed  # 07:00 .. 12:00, each logged
-    for hour, message in zip(range(7, 13), missed, strict=True):
-        assert str(at(hour)) in message
-        if at(hour) in expected:
-            assert message.endswith("will run now")
-        elif hour < 11:
-            assert message.endswith("past the grace period")
-        else:
-            assert message.endswith(f"not run (misfire policy {policy})")
-    assert all(r.levelno == logging.WARNING for r in caplog.records if "missed" in r.getMessage())
+    missed = [r for r in caplog.records if "missed" in r.getMessage()]
+    assert len(missed) == 1, missed  # one line per job, however many slots
+    tail = {
+        "skip": "policy skip: none runs",
+        "run_once": "policy run_once: running the latest (12:00)",
+        "catch_up": "policy catch_up: running 2 (11:00-12:00)",
+    }[policy]
+    assert missed[0].getMessage() == f"hourly: missed 6 slots 07:00-12:00 while down; {tail}"
+    assert missed[0].levelno == logging.WARNING
 
     runs = scheduled_runs(daemon.ledger, "hourly")
     assert [r.slot for r in runs] == [at(6), *expected]  # nothing beyond the grace period
@@ -209,11 +214,11 @@ jobs:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="notifier"):
             daemon._catch_up()
-        assert not [r for r in caplog.records if "missed slot" in r.getMessage()]
+        assert not [r for r in caplog.records if "missed" in r.getMessage()]
         assert len(project.transport.sent) == len(expected)
 
 
-def test_catch_up_logs_a_summary_beyond_twenty_missed_slots(
+def test_catch_up_logs_one_line_however_many_slots_were_missed(
     project: Project, caplog: pytest.LogCaptureFixture
 ) -> None:
     project.write_jobs(
@@ -224,20 +229,26 @@ jobs:
     schedule: "* * * * *"
     timezone: UTC
     to: ops@example.com
-    misfire: skip
+    misfire: {policy: run_once, grace: 10m}
 """
     )
-    seed_finished(project.ledger(), "minutely", at(8))
-    daemon = project.daemon(Clock(at(9, 0)))  # 60 missed slots, none to run
+    seed_finished(project.ledger(), "minutely", at(7))
+    daemon = project.daemon(
+        Clock(
+            at(
+                9,
+                0,
+            )
+            + timedelta(seconds=1)
+        )
+    )  # 120 missed slots
+    daemon._submit = lambda work: None  # type: ignore[method-assign] # log only, run nothing
     with caplog.at_level(logging.WARNING, logger="notifier.scheduler"):
         daemon._catch_up()
-    messages = [r.getMessage() for r in caplog.records]
-    logged = [m for m in messages if "missed slot 2024" in m]
-    assert len(logged) == 20  # the newest ones: 08:41 .. 09:00
-    assert str(at(8, 41)) in logged[0] and str(at(9)) in logged[-1]
-    assert "minutely: ... and 40 earlier missed slots" in messages
-    assert project.transport.sent == []
-    assert [r.slot for r in daemon.ledger.history("minutely")] == [at(8)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "minutely: missed 120 slots 07:01-09:00 while down; "
+        "policy run_once: running the latest (09:00)"
+    ]
 
 
 def test_fire_past_grace_or_late_with_skip_policy_runs_nothing(
@@ -339,7 +350,7 @@ jobs:
     assert project.subjects() == ["Flaky report"]  # no failure email for the retried attempt
     [run] = daemon.ledger.history("flaky")
     assert run.status == "succeeded" and run.error is None
-    assert [d.recipient for d in daemon.ledger.deliveries(run.run_id)] == ["ops@example.com"]
+    assert mail(daemon.ledger, run.run_id) == [("report", "ops@example.com", "delivered")]
 
 
 def test_cooldown_suppresses_the_same_alert(project: Project) -> None:
@@ -366,7 +377,7 @@ jobs:
     assert (first.status, second.status, third.status) == ("succeeded", "suppressed", "succeeded")
     assert first.alert_key and first.alert_key == second.alert_key == third.alert_key
     assert "cooldown until 2024-05-06T09:00:00+00:00" in (second.notes or "")
-    assert daemon.ledger.deliveries(second.run_id) == []
+    assert mail(daemon.ledger, second.run_id) == []
 
 
 def test_a_manual_run_neither_starts_nor_obeys_the_cooldown(project: Project) -> None:
@@ -387,11 +398,13 @@ jobs:
     job = daemon.jobs_file.get("latency")
     manual = daemon.ledger.claim("latency", at(7, 59), trigger="manual")
     assert manual is not None
-    assert daemon.runner.execute_claimed(job, manual) == "succeeded"  # `notifier run latency`
+    assert (
+        daemon.runner.execute_claimed(job, manual).status == "succeeded"
+    )  # `notifier run latency`
     daemon._fire("latency", slot=at(8, 0))  # the real alert is not silenced by the trial
     again = daemon.ledger.claim("latency", at(8, 1), trigger="manual")
     assert again is not None
-    assert daemon.runner.execute_claimed(job, again) == "succeeded"  # nor is a trial after it
+    assert daemon.runner.execute_claimed(job, again).status == "succeeded"  # nor is a trial after
 
     assert project.subjects() == ["Latency above 150 ms"] * 3
     [scheduled] = [r for r in daemon.ledger.history("latency") if not r.manual]
@@ -429,8 +442,10 @@ jobs:
     # not in the job's to/cc: they get it blind, as nobody listed them together
     assert recovered.message.get("To") is None and recovered.message.get("Bcc") is None
     quiet_run = scheduled_runs(daemon.ledger, "split-alert")[-1]
-    recorded = {(d.email_key, d.recipient) for d in daemon.ledger.deliveries(quiet_run.run_id)}
-    assert recorded == {("recovery", "alice@example.com"), ("recovery", "bob@example.com")}
+    assert mail(daemon.ledger, quiet_run.run_id) == [
+        ("recovery", "alice@example.com", "delivered"),
+        ("recovery", "bob@example.com", "delivered"),
+    ]
 
 
 def test_recovery_email_once_after_an_alert_then_a_new_alert_is_sent(
@@ -471,7 +486,7 @@ jobs:
     alert, quiet1, quiet2, again = scheduled_runs(daemon.ledger, "checkout")
     statuses = (alert.status, quiet1.status, quiet2.status, again.status)
     assert statuses == ("succeeded", "skipped", "skipped", "succeeded")
-    assert "(recovery email sent)" in (quiet1.notes or "")
+    assert "(recovery email queued)" in (quiet1.notes or "")
     assert "recovery" not in (quiet2.notes or "")
 
 
@@ -498,7 +513,6 @@ jobs:
         folder = outside or folders[-1]  # each attempt has its own folder
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "output.ipynb").write_text("{}")
-        seeder.record_delivery(run.run_id, "0:x", "<m@x>", "ops@example.com", "accepted", 250)
         seeder.finish(run.run_id, "succeeded", output_path=str(folder / "output.ipynb"))
         return run.run_id, folders[0]
 
@@ -514,7 +528,7 @@ jobs:
     ledger = daemon.ledger
     assert ledger.get(old) is None and ledger.get(older_failed) is None
     assert ledger.get(outside) is None
-    assert ledger.deliveries(old) == []
+    assert mail(ledger, old) == []
     assert not old_folder.exists() and not old_folder.with_name(old_folder.name + "-2").exists()
     assert not older_folder.exists()
     assert (elsewhere / "output.ipynb").exists()  # never delete outside runs/
@@ -528,14 +542,13 @@ jobs:
 
 
 def seed_interrupted(project: Project, job: str, slot: datetime) -> tuple[str, str]:
-    """A run left 'running' by a dead process that had mailed Alice but not Bob yet."""
-    owner = f"{socket.gethostname()}:{dead_pid()}:0-crashed"
-    crashed = project.ledger(owner=owner)
+    """A run left 'running' by a node that died while the notebook ran (nothing queued)."""
+    owner = "crashed-node"
+    ten_minutes_ago = lambda: datetime.now(UTC) - timedelta(minutes=10)  # noqa: E731
+    crashed = project.ledger(owner=owner, clock=ten_minutes_ago)  # its lease ran out long ago
     run = crashed.claim(job, slot, recipients=["alice@example.com", "bob@example.com"])
     assert run is not None
     crashed.mark_running(run.run_id)
-    alice_key = email_key(0, Email(subject="", to=["alice@example.com"]))
-    crashed.record_delivery(run.run_id, alice_key, "<a@x>", "alice@example.com", "accepted", 250)
     return run.run_id, owner
 
 
@@ -547,7 +560,7 @@ def seed_interrupted(project: Project, job: str, slot: datetime) -> tuple[str, s
         ("catch_up", timedelta(hours=2), False),  # beyond the 1 h grace
     ],
 )
-def test_recover_interrupted_reruns_per_policy_and_skips_accepted_recipients(
+def test_recover_interrupted_reruns_per_policy(
     project: Project,
     caplog: pytest.LogCaptureFixture,
     policy: str,
@@ -576,18 +589,62 @@ jobs:
     run = daemon.ledger.get(run_id)
     assert run is not None
     if rerun:
-        assert [(out.subject, out.recipients) for out in project.transport.sent] == [
-            ("For Bob", ("bob@example.com",))  # Alice already had hers
-        ]
+        assert sorted(project.subjects()) == ["For Alice", "For Bob"]
         assert (run.status, run.attempt, run.trigger) == ("succeeded", 2, "retry")
-        assert f"attempt 1 interrupted: owner process {owner} is gone" in (run.notes or "")
-        accepted = [(d.attempt, d.recipient) for d in daemon.ledger.deliveries(run_id)]
-        assert accepted == [(1, "alice@example.com"), (2, "bob@example.com")]
+        assert f"attempt 1 interrupted: node {owner} missed its lease" in (run.notes or "")
     else:
         assert project.transport.sent == []
         assert (run.status, run.attempt) == ("interrupted", 1)
-        assert run.error == f"owner process {owner} is gone"
+        assert (run.error or "").startswith(f"node {owner} missed its lease")
     assert daemon.ledger.recover_interrupted() == []
+
+
+def test_mail_queued_by_a_dead_node_is_delivered_once_and_not_re_executed(
+    project: Project,
+) -> None:
+    """The node died after planning (Alice's email was sent, Bob's not yet): the queue
+    finishes the job; the notebook is not run again and Alice gets nothing twice."""
+    project.write_jobs(
+        """
+jobs:
+  - name: split
+    notebook: alert.ipynb
+    schedule: "0 8 * * *"
+    timezone: UTC
+    parameters: {split: true}
+"""
+    )
+    ten_minutes_ago = lambda: datetime.now(UTC) - timedelta(minutes=10)  # noqa: E731
+    crashed = project.ledger(owner="crashed-node", clock=ten_minutes_ago)
+    run = crashed.claim("split", at(8))
+    assert run is not None and crashed.mark_running(run.run_id)
+    planned = [
+        plan_email(
+            Email(subject=f"For {name.title()}", to=[f"{name}@example.com"], text="x"),
+            purpose="report",
+            default_sender="reports@example.com",
+            max_size=None,
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+        )
+        for name in ("alice", "bob")
+    ]
+    crashed.queue.enqueue(run.run_id, 1, crashed.owner, planned, deliver={"notes": "sent"})
+    alice, bob = crashed.queue.claim_due()
+    sending = crashed.queue.mark_sending([r.row_id for r in alice.recipients])
+    crashed.queue.record([Answer(i, RecipientStatus.DELIVERED, 250, "OK") for i in sending])
+    crashed.queue.mark_sending([r.row_id for r in bob.recipients])  # then the node died
+
+    daemon = project.daemon(Clock(at(8, 5)))
+    daemon._recover_interrupted()
+    daemon.runner.deliverer.housekeeping()  # as the delivery service does every few seconds
+    assert project.transport.sent == []  # not re-run; Bob's outcome is unknown (sending)
+    assert mail(daemon.ledger, run.run_id) == [
+        ("report", "alice@example.com", "delivered"),
+        ("report", "bob@example.com", "unknown"),
+    ]
+    stored = daemon.ledger.get(run.run_id)
+    assert stored is not None and (stored.status, stored.attempt) == ("failed", 1)
+    assert "1 unknown" in (stored.error or "")
 
 
 def test_a_run_interrupted_by_shutdown_is_rerun_at_the_next_start(project: Project) -> None:
@@ -607,6 +664,7 @@ jobs:
     assert run is not None
     stopped.mark_running(run.run_id)
     assert [r.run_id for r in stopped.mark_interrupted_mine()] == [run.run_id]  # SIGTERM path
+    stopped.nodes.stop()  # ... and the stopped daemon's node is gone (Ledger.close)
 
     project.daemon(Clock(at(8, 10)))._recover_interrupted()
 
@@ -637,7 +695,7 @@ jobs:
     assert failure.recipients == ("ops@example.com",)
     assert failure.subject.startswith("[notifier] FAILED: renamed:")
     assert "does not exist" in failure.message.get_body(("html",)).get_content()
-    assert [d.email_key for d in daemon.ledger.deliveries(run.run_id)] == ["failure"]
+    assert mail(daemon.ledger, run.run_id) == [("failure", "ops@example.com", "delivered")]
 
 
 # --- reload of jobs.yaml ---------------------------------------------------------------------
@@ -844,9 +902,9 @@ jobs:
     assert (job.next_run_time.month, job.next_run_time.day) == (1, 1)
     messages = [r.getMessage() for r in caplog.records]
     assert (
-        f"daily: missed slot {last.replace(year=now.year - 1)} while down: past the grace period"
-        in messages
-    )
+        f"daily: missed 2 slots {now.year - 1}-01-01 03:00-{now.year}-01-01 03:00 while "
+        "down; all past the grace period"
+    ) in messages
     assert any("daily: next run" in m for m in messages)
     daemon.shutdown()
     assert project.transport.sent == []

@@ -18,17 +18,20 @@ def run(args: argparse.Namespace) -> int:
     """Carry out `notifier list`; returns the exit code."""
     from notifier.commands.common import resolve_jobs_file, settings_for_jobs
     from notifier.jobs import load_jobs
-    from notifier.ledger import Ledger
+    from notifier.ledger import Ledger, NoLedgerYet
 
     path = resolve_jobs_file(args.jobs_file)
     jobs_file = load_jobs(path)
     settings = settings_for_jobs(path)
-    ledger = Ledger(settings.db_url)
+    try:
+        ledger: Ledger | None = Ledger(settings.db_url, create=False)
+    except NoLedgerYet:  # nothing ran yet: list the jobs without creating a ledger
+        ledger = None
     rows = []
     try:
         for job in jobs_file.jobs:
             upcoming = job.next_fire_times(count=1) if job.enabled else []
-            last = ledger.last_run(job.name)
+            last = ledger.last_run(job.name) if ledger is not None else None
             rows.append(
                 {
                     "name": job.name,
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
     finally:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
     if args.json:
         print(json.dumps({"path": str(jobs_file.path), "jobs": rows}, indent=2))
         return 0

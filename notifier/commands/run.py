@@ -58,13 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out `notifier run`; returns the exit code."""
-    from notifier.commands.common import announce_outbox, print_results, settings_from_env
-    from notifier.notebook_params import check_parameters, parse_cli_value
+    """Carry out `notifier run`; returns the exit code (75: mail is waiting in the queue)."""
+    from notifier.commands.common import announce_outbox
+    from notifier.ledger import Ledger
+    from notifier.notebook_params import check_parameters
     from notifier.processes import hide_environment_from_children
-    from notifier.runner import DEFAULT_TIMEOUT, RunRequest
-    from notifier.runner import run as run_notebook
-    from notifier.transport import transport_for
+    from notifier.runs.path import RunPath
 
     hide_environment_from_children()
     if args.timeout is not None and args.timeout <= 0:
@@ -77,47 +76,123 @@ def run(args: argparse.Namespace) -> int:
             "pass each -p NAME VALUE once",
         )
     target = Path(args.target)
-    if target.suffix != ".ipynb" and not target.is_file():
-        from notifier.commands.common import resolve_jobs_file
-        from notifier.commands.jobrun import run_job_now
+    if target.suffix == ".ipynb" or target.is_file():
+        job, settings = _notebook_job(args, target)
+    else:
+        job, settings = _jobs_file_job(args)
+    check_parameters(job.notebook, job.parameters)  # a typo is refused, nobody is mailed
+    announce_outbox(settings, dry_run=args.dry_run)
+    ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
+    try:
+        result = RunPath(settings, ledger).run_now(job, dry_run=args.dry_run)
+    finally:
+        ledger.close()
+    return _report(result)
 
-        if not resolve_jobs_file(args.jobs).is_file():
-            raise UsageError(
-                f"{args.target!r} is not a notebook, and there is no {args.jobs} to find a job "
-                "of that name in.",
-                "pass the path of an .ipynb file, or run from the folder of your jobs.yaml "
-                "(or --jobs FILE)",
-            )
 
-        return run_job_now(args)
+def _notebook_job(args: argparse.Namespace, target: Path) -> tuple:
+    """An ad-hoc job for NOTEBOOK, named after the notebook (as history shows it)."""
+    from notifier.commands.common import settings_from_env
+    from notifier.interactive import project_root
+    from notifier.notebook_params import load_notebook_json, parse_cli_value
+    from notifier.runs.path import adhoc_job
 
+    load_notebook_json(target)  # a missing or broken notebook: one clear error, exit 2
     settings = settings_from_env()
-    request = RunRequest(
-        notebook=target,
+    root = project_root()
+    resolved = target.resolve()
+    try:
+        name = resolved.relative_to(root).as_posix()
+    except ValueError:
+        name = resolved.name
+    job = adhoc_job(
+        resolved,
+        name=name,
         parameters={name: parse_cli_value(value) for name, value in args.parameter},
         to=args.to,
         cc=args.cc,
         bcc=args.bcc,
         on_failure=args.on_failure,
-        timeout=args.timeout or DEFAULT_TIMEOUT,
+        timeout=args.timeout,
         cell_timeout=args.cell_timeout,
+        timezone_name=settings.timezone,
     )
-    check_parameters(target, request.parameters)  # a refused run prints only its error
-    announce_outbox(settings, dry_run=args.dry_run)
-    outcome = run_notebook(request, settings, transport_for(settings, dry_run=args.dry_run))
-    execution = outcome.execution
-    print(f"run {execution.run_id}: {outcome.status} in {execution.duration:.1f}s")
-    print(f"  output: {execution.output_notebook}")
-    if execution.output_html.is_file():
-        print(f"  html:   {execution.output_html}")
-    if execution.skip_reason is not None:
-        print(f"  skipped: {execution.skip_reason}")
-    if outcome.error:
-        print(f"  error: {outcome.error}")
-    if execution.status == "succeeded" and not execution.emails:
-        print("  the notebook declared no emails (use notifier.report.email(...))")
-    print_results(outcome.results)
-    if outcome.failure_results:
-        print("failure email:")
-        print_results(outcome.failure_results)
-    return 0 if outcome.ok else 1
+    return job, settings
+
+
+def _jobs_file_job(args: argparse.Namespace) -> tuple:
+    """The job named ``args.target`` in the jobs file, with the command line's overrides."""
+    from dataclasses import replace
+
+    from notifier.commands.common import resolve_jobs_file, settings_for_jobs
+    from notifier.jobs import load_jobs
+    from notifier.notebook_params import parse_cli_value
+
+    jobs_path = resolve_jobs_file(args.jobs)
+    if not jobs_path.is_file():
+        raise UsageError(
+            f"{args.target!r} is not a notebook, and there is no {args.jobs} to find a job "
+            "of that name in.",
+            "pass the path of an .ipynb file, or run from the folder of your jobs.yaml "
+            "(or --jobs FILE)",
+        )
+    job = load_jobs(jobs_path).get(args.target)
+    overrides: dict = {}
+    if args.parameter:
+        overrides["parameters"] = {
+            **job.parameters,
+            **{name: parse_cli_value(value) for name, value in args.parameter},
+        }
+    for field in ("to", "cc", "bcc"):
+        if getattr(args, field):
+            overrides[field] = tuple(getattr(args, field))
+    if args.on_failure:
+        overrides["on_failure"] = tuple(args.on_failure)
+    elif args.to:  # trying a job on yourself must not mail its failure list
+        overrides["on_failure"] = tuple(args.to)
+    if args.timeout:
+        overrides["timeout_seconds"] = args.timeout
+    if args.cell_timeout:
+        overrides["cell_timeout_seconds"] = args.cell_timeout
+    return (replace(job, **overrides) if overrides else job), settings_for_jobs(jobs_path)
+
+
+def _report(result) -> int:  # noqa: ANN001 - RunResult, imported lazily
+    """Print how the run went, one line per email and recipient; the exit code."""
+    from notifier.runs.summary import outcome_phrase
+
+    run = result.run
+    execution = result.execution
+    duration = f" in {run.duration_s:.1f}s" if run.duration_s is not None else ""
+    print(f"{run.job}: run {run.run_id} {run.status}{duration}")
+    if execution is not None:
+        print(f"  run folder: {execution.run_dir}")
+        if execution.output_notebook.is_file():
+            print(f"  output: {execution.output_notebook}")
+        if execution.output_html.is_file():
+            print(f"  html:   {execution.output_html}")
+        if execution.skip_reason is not None:
+            print(f"  skipped: {execution.skip_reason}")
+        if execution.status == "succeeded" and not execution.emails:
+            print("  the notebook declared no emails (use notifier.report.email(...))")
+    if run.error:
+        print(f"  error: {run.error}")
+    if run.status == "suppressed" and run.notes:
+        print(f"  {run.notes}")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    for outcome in result.outcomes:
+        what = "failure email" if outcome.purpose == "failure" else f"{outcome.purpose} email"
+        what = "email" if outcome.purpose == "report" else what
+        print(f"  {what} {outcome.subject!r} to {outcome.recipient}: {outcome_phrase(outcome)}")
+    if run.status == "delivering":
+        print(
+            "  some mail is waiting in the queue: a running `notifier schedule` retries it, "
+            "or run `notifier queue retry --all`; `notifier queue` shows it"
+        )
+        return EXIT_QUEUED
+    return 0 if run.status in {"succeeded", "skipped", "suppressed"} else 1
+
+
+# sendmail's EX_TEMPFAIL: accepted into the queue, not yet delivered
+EXIT_QUEUED = 75

@@ -47,12 +47,28 @@ class Outgoing:
 
 @dataclass(frozen=True)
 class RecipientResult:
-    """What the server said about one envelope recipient."""
+    """What the server said about one envelope recipient.
+
+    Not accepted means one of: refused for good (a 5xx), ``transient`` (a 4xx or a lost
+    connection: trying later may work) or ``unknown`` (the link dropped after the message
+    was sent: the server may have it).
+    """
 
     address: str
     accepted: bool
     code: int | None = None
     reply: str = ""
+    transient: bool = False
+    unknown: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """``accepted``, ``refused``, ``deferred`` or ``unknown``."""
+        if self.accepted:
+            return "accepted"
+        if self.unknown:
+            return "unknown"
+        return "deferred" if self.transient else "refused"
 
 
 @dataclass
@@ -66,6 +82,9 @@ class SendResult:
     error: str | None = None
     location: str | None = None  # where the outbox put it
     attempts: int = 1
+    # For an ``error`` without per-recipient answers: would trying later help? (a server
+    # that is down or refuses the login: yes; a message too big or badly addressed: no)
+    retryable: bool = False
 
     @classmethod
     def all_accepted(
@@ -119,6 +138,39 @@ class SendResult:
 
 
 ResultCallback = Callable[[int, SendResult], None]
+BeforeData = Callable[[], bool]
+
+
+class DataRefused(Exception):  # noqa: N818 - reads as "the DATA was refused by the caller"
+    """A ``before_data`` hook said no: the message was not sent (another node has it)."""
+
+
+@runtime_checkable
+class Session(Protocol):
+    """One connection's worth of sending (``with transport.session() as s: s.send(out)``).
+
+    ``broken`` is set (to the reason) once the server cannot be used any more in this
+    session: callers stop sending and keep the rest for later.
+    """
+
+    broken: str | None
+
+    def send(self, out: Outgoing, before_data: BeforeData | None = None) -> SendResult:
+        """Deliver one message; its result (never raises for delivery problems).
+
+        ``before_data`` is called once the server is ready for the message itself (after
+        its 354), before any of it is sent: from then on the server may have it. When it
+        returns False nothing is sent and :class:`DataRefused` is raised.
+        """
+        ...
+
+    def close(self) -> None:
+        """End the session (QUIT)."""
+        ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 @runtime_checkable
@@ -136,3 +188,30 @@ class Transport(Protocol):
         callers can record deliveries before the batch ends (nothing is lost on a crash).
         """
         ...
+
+    def session(self) -> Session:
+        """A session for sending messages one at a time (the delivery queue uses this)."""
+        ...
+
+
+class SimpleSession:
+    """A :class:`Session` for transports without connections (outbox, memory)."""
+
+    def __init__(self, send_one: Callable[[Outgoing], SendResult]) -> None:
+        self._send_one = send_one
+        self.broken: str | None = None
+
+    def send(self, out: Outgoing, before_data: BeforeData | None = None) -> SendResult:
+        """Deliver one message (``before_data`` first, as a server's 354 would)."""
+        if before_data is not None and not before_data():
+            raise DataRefused("the delivery queue did not allow this message to be sent")
+        return self._send_one(out)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> SimpleSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

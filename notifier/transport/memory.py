@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from notifier.transport.base import Outgoing, ResultCallback, SendResult
+from notifier.transport.base import Outgoing, ResultCallback, SendResult, SimpleSession
 
 
 class MemoryTransport:
@@ -21,8 +21,15 @@ class MemoryTransport:
         """Keep each message in ``self.sent``; every recipient counts as accepted."""
         results = []
         for out in messages:
-            self.sent.append(out)
-            results.append(SendResult.all_accepted(out, self.name, 250, "kept in memory"))
+            results.append(self._keep(out))
             if on_result is not None:
                 on_result(len(results) - 1, results[-1])
         return results
+
+    def session(self) -> SimpleSession:
+        """Messages one at a time (each kept, each accepted)."""
+        return SimpleSession(self._keep)
+
+    def _keep(self, out: Outgoing) -> SendResult:
+        self.sent.append(out)
+        return SendResult.all_accepted(out, self.name, 250, "kept in memory")

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from notifier.preview import render_preview
-from notifier.transport.base import Outgoing, ResultCallback, SendResult
+from notifier.transport.base import Outgoing, ResultCallback, SendResult, SimpleSession
 
 log = logging.getLogger("notifier.outbox")
 
@@ -52,21 +52,45 @@ class OutboxTransport:
         """
         results: list[SendResult] = []
         for out in messages:
-            try:
-                result = self._save(out)
-            except OSError as exc:
-                result = SendResult(
-                    out.message_id, out.subject, self.name, error=self._unwritable(exc)
-                )
-            results.append(result)
+            results.append(self._save_or_fail(out))
             if on_result is not None:
-                on_result(len(results) - 1, result)
+                on_result(len(results) - 1, results[-1])
         if any(r.location for r in results):
-            try:
-                self.write_index()
-            except OSError as exc:  # the messages themselves are saved
-                log.warning("could not update %s: %s", self.directory / "index.html", exc)
+            self._update_index()
         return results
+
+    def session(self) -> SimpleSession:
+        """Messages one at a time; ``index.html`` is updated when the session ends."""
+        outbox = self
+        wrote: list[bool] = []
+
+        class _OutboxSession(SimpleSession):
+            def close(self) -> None:
+                if wrote:
+                    outbox._update_index()
+
+        def save(out: Outgoing) -> SendResult:
+            result = self._save_or_fail(out)
+            if result.location:
+                wrote.append(True)
+            return result
+
+        return _OutboxSession(save)
+
+    def _save_or_fail(self, out: Outgoing) -> SendResult:
+        try:
+            return self._save(out)
+        except OSError as exc:
+            # an unwritable folder can be fixed: the queue tries again later
+            return SendResult(
+                out.message_id, out.subject, self.name, error=self._unwritable(exc), retryable=True
+            )
+
+    def _update_index(self) -> None:
+        try:
+            self.write_index()
+        except OSError as exc:  # the messages themselves are saved
+            log.warning("could not update %s: %s", self.directory / "index.html", exc)
 
     def _save(self, out: Outgoing) -> SendResult:
         """Write one message and its preview (neither is left behind if either fails)."""

@@ -55,7 +55,13 @@ from pathlib import Path
 from notifier.config import Settings, redact
 from notifier.errors import DeliveryError
 from notifier.smtp_hints import Hint, hint
-from notifier.transport.base import Outgoing, RecipientResult, ResultCallback, SendResult
+from notifier.transport.base import (
+    DataRefused,
+    Outgoing,
+    RecipientResult,
+    ResultCallback,
+    SendResult,
+)
 from notifier.transport.ratelimit import (
     MINUTE_SECONDS,
     RATE_FILE_NAME,
@@ -65,6 +71,7 @@ from notifier.transport.ratelimit import (
 )
 
 __all__ = [
+    "DataRefused",
     "SMTPConnection",
     "SMTPSSLConnection",
     "SMTPTransport",
@@ -428,6 +435,7 @@ class SMTPTransport:
         self._context: ssl.SSLContext | None = None  # made on first use (loading CAs is slow)
         self._session: _Session | None = None
         self._stage = "connect"
+        self._before_data: Callable[[], bool] | None = None
         self._minute = minute_window(settings)
         self.connections_opened = 0
         self._secrets = list(settings.secrets())
@@ -465,39 +473,16 @@ class SMTPTransport:
         if not batch:
             return []
         results: list[SendResult] = []
-
-        def emit(result: SendResult) -> None:
-            results.append(result)
-            if on_result is not None:
-                on_result(len(results) - 1, result)
-
-        refusal = plaintext_auth_error(self.settings)
-        fatal: str | None = str(hint(refusal, self.settings)) if refusal else None
-        try:
+        with self.session() as session:
             for out in batch:
-                if fatal is not None:
-                    emit(self._failed(out, fatal))
-                    continue
-                try:
-                    emit(self._send_one(out))
-                except _Abort as abort:
-                    fatal = abort.text
-                    emit(abort.result)
-        finally:
-            self.close()
-        if fatal is not None:
-            self._log(logging.ERROR, "SMTP delivery stopped: %s", fatal)
-        delivered = sum(1 for r in results if r.accepted)
-        self._log(
-            logging.INFO,
-            "%d of %d message(s) delivered via %s:%s over %d connection(s)",
-            delivered,
-            len(results),
-            self.settings.host,
-            self.settings.port,
-            self.connections_opened,
-        )
+                results.append(session.send(out) if session.broken is None else session.skip(out))
+                if on_result is not None:
+                    on_result(len(results) - 1, results[-1])
         return results
+
+    def session(self) -> SMTPSession:
+        """One connection for sending messages one at a time (reopened when dropped)."""
+        return SMTPSession(self)
 
     def close(self) -> None:
         """QUIT and close the connection if one is open (send() does this itself)."""
@@ -542,6 +527,10 @@ class SMTPTransport:
             result = self._deliver(out)
         except _Abort as abort:
             if token is not None and not abort.result.accepted:
+                self._release(token)
+            raise
+        except DataRefused:
+            if token is not None:
                 self._release(token)
             raise
         if token is not None and not result.accepted and not _maybe_delivered(result):
@@ -616,7 +605,9 @@ class SMTPTransport:
                 for address in pending:
                     code, text = exc.rcpt.get(address, (250, ""))
                     if _is2(code):
-                        final[address] = RecipientResult(address, False, None, MAYBE_DELIVERED)
+                        final[address] = RecipientResult(
+                            address, False, None, MAYBE_DELIVERED, unknown=True
+                        )
                     elif _is4(code):
                         deferred.append(address)
                         last_reply[address] = (code, text)
@@ -714,11 +705,13 @@ class SMTPTransport:
                 recipients.append(final[address])
             elif address in last_reply:
                 code, text = last_reply[address]
-                recipients.append(RecipientResult(address, False, code, text))
+                recipients.append(RecipientResult(address, False, code, text, transient=True))
             elif final or last_reply:
-                recipients.append(RecipientResult(address, False, None, "not delivered"))
+                reason = f"not delivered: {problem.cause}" if problem else "not delivered"
+                recipients.append(RecipientResult(address, False, None, reason, transient=True))
         result.recipients = recipients
         result.attempts = attempts
+        result.retryable = not recipients and problem is not None and problem.transient
         if not any(r.accepted for r in recipients):
             reason = str(problem) if problem else "No recipient was accepted."
             if recipients and not _maybe_delivered(result):
@@ -764,6 +757,7 @@ class SMTPTransport:
             usable = _is2(outcome.mail[0]) and any(_is2(c) for c, _ in outcome.rcpt.values())
             if go_ahead[0] == 354:
                 if usable:
+                    self._confirm_data(conn)
                     outcome.data = self._end_of_data(conn, payload, outcome)
                     session.needs_rset = False
                 else:  # RFC 2920: a server may accept DATA with no valid recipient
@@ -793,9 +787,24 @@ class SMTPTransport:
         if go_ahead[0] != 354:
             outcome.data = go_ahead
             return outcome
+        self._confirm_data(conn)
         outcome.data = self._end_of_data(conn, payload, outcome)
         session.needs_rset = False
         return outcome
+
+    def _confirm_data(self, conn: smtplib.SMTP) -> None:
+        """Ask the caller's ``before_data`` hook (the queue marks the rows ``sending``).
+
+        Until here the server cannot have the message, so a crash is harmless; from here
+        on, a crash leaves its outcome unknown. A hook that says no ends the connection
+        (the server drops a DATA that never ends) and raises :class:`DataRefused`.
+        """
+        hook = self._before_data
+        if hook is None or hook():
+            return
+        conn.close()
+        self._session = None
+        raise DataRefused("the delivery queue did not allow this message to be sent")
 
     def _end_of_data(
         self, conn: smtplib.SMTP, payload: bytes, outcome: _Outcome
@@ -953,6 +962,74 @@ class SMTPTransport:
     def _log(self, level: int, message: str, *args: object) -> None:
         if log.isEnabledFor(level):
             log.log(level, "%s", self._redact(message % args if args else message))
+
+
+class SMTPSession:
+    """Messages one at a time over the transport's connection; see :meth:`SMTPTransport.session`.
+
+    Once the server cannot be used any more (it stayed unreachable through the retries,
+    refused the login, or the daily limit was reached), ``broken`` holds the reason and
+    :meth:`skip` answers the remaining messages without trying them (retryable).
+    """
+
+    def __init__(self, transport: SMTPTransport) -> None:
+        self.transport = transport
+        self.sent = 0
+        self.delivered = 0
+        refusal = plaintext_auth_error(transport.settings)
+        self.broken: str | None = str(hint(refusal, transport.settings)) if refusal else None
+
+    def send(self, out: Outgoing, before_data: Callable[[], bool] | None = None) -> SendResult:
+        """Deliver one message (retrying transient failures); its result.
+
+        ``before_data`` runs right after the server's 354, before the message itself goes
+        out; when it returns False the message is not sent (:class:`DataRefused`).
+        """
+        if self.broken is not None:
+            return self.skip(out)
+        self.sent += 1
+        self.transport._before_data = before_data
+        try:
+            result = self.transport._send_one(out)
+        except _Abort as abort:
+            self.broken = abort.text
+            abort.result.retryable = True
+            result = abort.result
+        finally:
+            self.transport._before_data = None
+        if result.accepted:
+            self.delivered += 1
+        return result
+
+    def skip(self, out: Outgoing) -> SendResult:
+        """The result of a message not tried because the session is broken (retryable)."""
+        text = f"Not sent: an earlier message could not be delivered. {self.broken}"
+        result = self.transport._failed(out, text)
+        result.retryable = True
+        return result
+
+    def close(self) -> None:
+        """QUIT, close, and log what this session did."""
+        transport = self.transport
+        transport.close()
+        if self.broken is not None:
+            transport._log(logging.ERROR, "SMTP delivery stopped: %s", self.broken)
+        if self.sent:
+            transport._log(
+                logging.INFO,
+                "%d of %d message(s) delivered via %s:%s over %d connection(s)",
+                self.delivered,
+                self.sent,
+                transport.settings.host,
+                transport.settings.port,
+                transport.connections_opened,
+            )
+
+    def __enter__(self) -> SMTPSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _maybe_delivered(result: SendResult) -> bool:

@@ -1,0 +1,179 @@
+"""Planning: an :class:`~notifier.message.Email` becomes a queue entry, and back.
+
+Planning composes each email once (so an invalid address, a line break in a header or an
+oversized message fails the run with the real cause before anything is queued), fixes
+its Message-ID and Date, and stores it as a *spec* (headers and bodies as JSON, parts by
+sha256) plus its parts. Delivery rebuilds the same message from the spec, so the email
+that goes out, the one the dashboard shows and the one a retry sends are the same.
+
+The content key identifies an email within a run whatever order the notebook built it
+in: ``report.email(..., key="region-north")`` when the notebook gives one, else a hash
+of the subject, the recipients and the body (inline images by their bytes, since
+Content-IDs are new in every execution). A re-execution that builds the same emails in
+another order therefore adds nothing to the queue; one that changes their content adds
+new emails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from datetime import datetime
+from email.utils import formatdate
+
+from notifier.ledger.queue import DueMessage, NewMessage
+from notifier.message import Email, InlineImage, compose
+from notifier.parts import Part
+from notifier.transport.base import Outgoing
+
+SPEC_VERSION = 1
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_.:@=+-]+")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_key(mail: Email) -> str:
+    """The email's identity within a run: its ``key``, or a hash of what it says and to whom."""
+    if mail.key:
+        return "k:" + _KEY_SAFE.sub("-", mail.key)[:120]
+    html = mail.html
+    if html is not None:
+        for image in mail.images:  # Content-IDs are random per execution: use the bytes
+            html = html.replace(f"cid:{image.cid}", f"cid:{_sha(image.part.data)}")
+    canonical = {
+        "subject": mail.subject,
+        "to": sorted(a.strip().lower() for a in mail.to),
+        "cc": sorted(a.strip().lower() for a in mail.cc),
+        "bcc": sorted(a.strip().lower() for a in mail.bcc),
+        "reply_to": sorted(a.strip().lower() for a in mail.reply_to),
+        "sender": mail.sender,
+        "html": html,
+        "text": mail.text,
+        "images": sorted(_sha(i.part.data) for i in mail.images),
+        "attachments": [[p.filename, p.mime_type, _sha(p.data)] for p in mail.attachments],
+        "headers": sorted(mail.headers.items()),
+    }
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode("utf-8"))
+    return "h:" + digest.hexdigest()[:40]
+
+
+def plan_email(
+    mail: Email,
+    *,
+    purpose: str,
+    default_sender: str,
+    max_size: int | None,
+    expires_at: datetime,
+    transport: str = "default",
+    on_unknown: str = "skip",
+    key: str | None = None,
+    optional_attachments: bool = False,
+) -> NewMessage:
+    """Compose ``mail`` (raising MessageError for what cannot be sent) into a queue entry.
+
+    ``optional_attachments``: a notice whose attachments may be left out when the server
+    refuses the message as too large (the failure email's output notebook).
+    """
+    outgoing = compose(mail, default_sender=default_sender, max_size=max_size)
+    message = outgoing.message
+    parts: dict[str, bytes] = {}
+
+    def ref(part: Part) -> dict[str, str]:
+        sha = _sha(part.data)
+        parts[sha] = part.data
+        return {"sha256": sha, "mime_type": part.mime_type, "filename": part.filename}
+
+    spec = {
+        "v": SPEC_VERSION,
+        "subject": mail.subject,
+        "sender": mail.sender or default_sender,
+        "to": list(mail.to),
+        "cc": list(mail.cc),
+        "reply_to": list(mail.reply_to),
+        "headers": dict(mail.headers),
+        "date": str(message["Date"]),
+        "message_id": str(message["Message-ID"]),
+        "html": mail.html,
+        "text": mail.text,
+        "images": [dict(ref(i.part), cid=i.cid) for i in mail.images],
+        "attachments": [ref(p) for p in mail.attachments],
+        "optional_attachments": optional_attachments,
+    }
+    return NewMessage(
+        email_key=key or content_key(mail),
+        purpose=purpose,
+        message_id=str(message["Message-ID"]),
+        subject=mail.subject,
+        sender=outgoing.sender,
+        size=outgoing.size,
+        spec=spec,
+        parts=parts,
+        recipients=outgoing.recipients,
+        expires_at=expires_at,
+        transport=transport,
+        on_unknown=on_unknown,
+    )
+
+
+def spec_parts(spec: dict) -> list[str]:
+    """The sha256 of every part a spec refers to."""
+    return [e["sha256"] for e in (*spec.get("images", []), *spec.get("attachments", []))]
+
+
+def email_from_spec(spec: dict, parts: dict[str, bytes], *, attachments: bool = True) -> Email:
+    """The :class:`Email` a stored spec describes (Bcc lives in the queue rows only)."""
+
+    def part(entry: dict) -> Part:
+        try:
+            data = parts[entry["sha256"]]
+        except KeyError:
+            raise LookupError(
+                f"the part {entry['filename']!r} is missing from the ledger"
+            ) from None
+        return Part(data, entry["mime_type"], entry["filename"])
+
+    return Email(
+        subject=spec.get("subject", ""),
+        to=list(spec.get("to", [])),
+        cc=list(spec.get("cc", [])),
+        sender=spec.get("sender"),
+        reply_to=list(spec.get("reply_to", [])),
+        headers=dict(spec.get("headers", {})),
+        html=spec.get("html"),
+        text=spec.get("text"),
+        images=[InlineImage(e["cid"], part(e)) for e in spec.get("images", [])],
+        attachments=[part(e) for e in spec.get("attachments", [])] if attachments else [],
+    )
+
+
+def outgoing_from(
+    due: DueMessage,
+    parts: dict[str, bytes],
+    recipients: list[str],
+    *,
+    attachments: bool = True,
+) -> Outgoing:
+    """Rebuild a queued message for ``recipients`` (its envelope), as it was planned."""
+    spec = due.spec
+    mail = email_from_spec(spec, parts, attachments=attachments)
+    if not attachments and spec.get("attachments"):
+        names = ", ".join(e["filename"] for e in spec["attachments"])
+        note = (
+            f"<p style='color:#555'><i>The attachment(s) {names} were left out: the mail "
+            "server refused the message as too large. They are in the run folder.</i></p>"
+        )
+        mail = replace(mail, html=(mail.html or "") + note if mail.html is not None else None)
+    # the header recipients come from the spec; the envelope is the rows still to deliver
+    if not (mail.to or mail.cc):
+        mail = replace(mail, bcc=list(recipients))
+    outgoing = compose(
+        mail,
+        default_sender=spec.get("sender") or due.sender,
+        message_id=spec.get("message_id") or due.message_id,
+        date=spec.get("date") or formatdate(localtime=True),
+    )
+    return replace(outgoing, sender=due.sender, recipients=tuple(recipients))

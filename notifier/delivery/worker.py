@@ -1,0 +1,479 @@
+"""The delivery worker: sends what the outbound queue holds and records every answer.
+
+One pass (:meth:`Deliverer.deliver`) claims the due messages, opens one session per
+transport, and for each message: sends it, marking its rows ``sending`` when the server
+is ready for the message itself (its 354 reply to DATA: before that a crash is harmless,
+as the server cannot have the message), and records each recipient's answer. Temporary failures (4xx, a
+server that is down, a refused login, a timeout) become ``deferred`` with the next try
+after an exponential backoff; permanent ones (5xx, a message the server can never take)
+``refused``; a link lost after the final dot ``unknown`` (not sent again unless the job
+says ``on_unknown: resend``). Past its lifetime a message ``expires``.
+
+A ledger write that fails (a locked SQLite file, a database restart) never aborts the
+pass: the answer is kept in memory and the write retried until it succeeds. If the
+process dies first, the rows stay ``sending`` and are reported as "outcome unknown",
+never sent twice.
+
+When the last report email of a run is settled, the run ends ``succeeded`` (all
+delivered) or ``failed``, and the run's failure recipients get one notice listing what
+was not delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from typing import TypeVar
+
+from notifier.config import Settings
+from notifier.delivery.backoff import Backoff
+from notifier.delivery.notices import delivery_problems_email, one_line
+from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
+from notifier.errors import MessageError
+from notifier.ledger import Ledger, LedgerError, Run
+from notifier.ledger.queue import Answer, DueMessage, QueueRow
+from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
+from notifier.transport.base import DataRefused, SendResult, Session, Transport
+
+log = logging.getLogger("notifier.delivery")
+
+T = TypeVar("T")
+TransportFactory = Callable[[str], Transport]
+_SIZE_WORDS = ("SIZE", "larger than", "too large", "too big")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery pass did for one recipient of one message (for the CLI's summary)."""
+
+    message_pk: int
+    run_id: str
+    purpose: str
+    subject: str
+    recipient: str
+    status: RecipientStatus
+    code: int | None
+    reply: str
+    next_attempt_at: datetime | None
+    location: str | None
+    transport: str
+
+
+def _bare(address: str) -> str:
+    return (parseaddr(address)[1] or address).strip().lower()
+
+
+class Deliverer:
+    """Sends due queue entries through transports; safe to use from several threads.
+
+    ``transports(kind)`` returns a fresh transport for ``"default"`` (the configured
+    server, or the outbox when none is set) or ``"outbox"`` (dry runs).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: Settings,
+        transports: TransportFactory,
+        *,
+        stopping: threading.Event | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.queue = ledger.queue
+        self.settings = settings
+        self.transports = transports
+        self.stopping = stopping or threading.Event()
+        self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
+        self._ledger_trouble = False
+
+    # ------------------------------------------------------------------ passes
+
+    def deliver(
+        self,
+        *,
+        run_id: str | None = None,
+        message_pks: Sequence[int] | None = None,
+        limit: int = 100,
+        max_passes: int = 1000,
+        settled_for: float = 0.0,
+    ) -> list[Outcome]:
+        """Send everything due now (of ``run_id`` / ``message_pks``); every answer recorded.
+
+        Returns what happened to each recipient tried (or deferred without a try because
+        the server was unusable). Deferred entries stay in the queue for a later pass.
+        """
+        outcomes: list[Outcome] = []
+        runs: set[str] = set()
+        for _ in range(max_passes):
+            if self.stopping.is_set():
+                break
+            due = self._with_ledger(
+                lambda: self.queue.claim_due(
+                    limit=limit, run_id=run_id, message_pks=message_pks, settled_for=settled_for
+                ),
+                "claiming due mail",
+                give_up=[],
+            )
+            if not due:
+                break
+            runs.update(message.run_id for message in due)
+            outcomes += self._send_batch(due)
+        self.settle(runs)
+        return outcomes
+
+    def housekeeping(self) -> None:
+        """Settle rows of dead nodes, expire overdue mail, and end runs whose mail is settled."""
+        runs: set[str] = set()
+        for row in self.queue.sweep_dead_claims():
+            log.warning(
+                "%s: %r to %s: %s", row.job, row.subject, row.recipient, row.reply or row.status
+            )
+            runs.add(row.run_id)
+        for row in self.queue.expire_overdue():
+            log.error("%s: %r to %s expired: %s", row.job, row.subject, row.recipient, row.reply)
+            runs.add(row.run_id)
+        self.settle(runs)
+
+    # -------------------------------------------------------------- one batch
+
+    def _send_batch(self, due: list[DueMessage]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        by_kind: dict[str, list[DueMessage]] = {}
+        for message in due:
+            by_kind.setdefault(message.transport, []).append(message)
+        for kind, messages in by_kind.items():
+            transport = self.transports(kind)
+            with transport.session() as session:
+                parts: dict[str, bytes] = {}
+                for index, message in enumerate(messages):
+                    if self.stopping.is_set():
+                        self._release(messages[index:])
+                        break
+                    outcomes += self._send_one(session, transport.name, message, parts)
+        return outcomes
+
+    def _send_one(
+        self, session: Session, kind: str, message: DueMessage, parts: dict[str, bytes]
+    ) -> list[Outcome]:
+        now = self.ledger.db.now()
+        rows = message.recipients
+        if now >= message.expires_at:
+            reply = "expired: not delivered within its lifetime"
+            return self._record(
+                message,
+                [Answer(r.row_id, RecipientStatus.EXPIRED, None, reply) for r in rows],
+                kind,
+            )
+        if session.broken is not None:
+            # not tried: the server is unusable in this session (down, login refused, limit)
+            return self._record(message, self._deferred(message, rows, session.broken, now), kind)
+        missing = [sha for sha in spec_parts(message.spec) if sha not in parts]
+        if missing:
+            parts.update(self.queue.load_parts(missing))
+        try:
+            outgoing = outgoing_from(message, parts, [r.address for r in rows])
+        except (MessageError, LookupError) as error:
+            reply = f"cannot be rebuilt for sending: {one_line(str(error), 300)}"
+            return self._record(
+                message,
+                [Answer(r.row_id, RecipientStatus.REFUSED, None, reply) for r in rows],
+                kind,
+            )
+        ids = [r.row_id for r in rows]
+
+        def before_data() -> bool:
+            # the server said 354: mark the rows before the message itself goes out
+            marked = self._with_ledger(
+                lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
+            )
+            return marked == set(ids)
+
+        try:
+            result = session.send(outgoing, before_data)
+            if self._too_large(message, result):
+                log.warning(
+                    "%r was too large for the server; sending it without its attachments",
+                    message.subject,
+                )
+                smaller = outgoing_from(
+                    message, parts, [r.address for r in rows], attachments=False
+                )
+                result = session.send(smaller, before_data)
+        except DataRefused:
+            # another node took the rows (or the ledger is gone while stopping): not sent
+            self._release([message])
+            return []
+        return self._record(message, self._answers(message, rows, result, now), kind, result)
+
+    @staticmethod
+    def _too_large(message: DueMessage, result: SendResult) -> bool:
+        return (
+            bool(message.spec.get("optional_attachments") and message.spec.get("attachments"))
+            and not result.accepted
+            and not result.retryable
+            and not any(r.transient or r.unknown for r in result.recipients)
+            and any(word in (result.error or "") for word in _SIZE_WORDS)
+        )
+
+    def _answers(
+        self, message: DueMessage, rows: list, result: SendResult, now: datetime
+    ) -> list[Answer]:
+        by_address = {_bare(r.address): r for r in result.recipients}
+        answers = []
+        for row in rows:
+            answer = by_address.get(_bare(row.address))
+            failures = row.attempts + 1
+            if answer is None:
+                if result.retryable:
+                    answers.append(
+                        self._defer(message, row.row_id, None, result.error or "", now, failures)
+                    )
+                else:
+                    reason = result.error or "not delivered"
+                    answers.append(Answer(row.row_id, RecipientStatus.REFUSED, None, reason))
+            elif answer.accepted:
+                answers.append(
+                    Answer(
+                        row.row_id,
+                        RecipientStatus.DELIVERED,
+                        answer.code,
+                        answer.reply,
+                        location=result.location,
+                    )
+                )
+            elif answer.unknown and message.on_unknown == "resend":
+                reply = f"{answer.reply}; sent again (on_unknown: resend)"
+                answers.append(Answer(row.row_id, RecipientStatus.DEFERRED, None, reply, now))
+            elif answer.unknown:
+                answers.append(Answer(row.row_id, RecipientStatus.UNKNOWN, None, answer.reply))
+            elif answer.transient:
+                reply = f"{answer.code} {answer.reply}".strip() if answer.code else answer.reply
+                answers.append(self._defer(message, row.row_id, answer.code, reply, now, failures))
+            else:
+                answers.append(
+                    Answer(row.row_id, RecipientStatus.REFUSED, answer.code, answer.reply)
+                )
+        return answers
+
+    def _deferred(
+        self, message: DueMessage, rows: list, reason: str, now: datetime
+    ) -> list[Answer]:
+        answers = (
+            self._defer(message, r.row_id, None, reason, now, max(r.attempts, 1)) for r in rows
+        )
+        return [replace(answer, tried=False) for answer in answers]
+
+    def _defer(
+        self,
+        message: DueMessage,
+        row_id: int,
+        code: int | None,
+        reply: str,
+        now: datetime,
+        failures: int,
+    ) -> Answer:
+        retry_at = self.backoff.next_attempt(now, failures)
+        if retry_at >= message.expires_at:
+            text = f"expired: not delivered within its lifetime; last error: {reply}"
+            return Answer(row_id, RecipientStatus.EXPIRED, code, text)
+        return Answer(row_id, RecipientStatus.DEFERRED, code, reply, retry_at)
+
+    def _record(
+        self,
+        message: DueMessage,
+        answers: list[Answer],
+        kind: str,
+        result: SendResult | None = None,
+    ) -> list[Outcome]:
+        # Never give up on a write while running: the process keeps the answer until the
+        # ledger takes it (a lost answer would make the row "outcome unknown").
+        self._with_ledger(
+            lambda: self.queue.record(answers),
+            "recording delivery results",
+            give_up=set(),
+            wait=True,
+        )
+        addresses = {r.row_id: r.address for r in message.recipients}
+        outcomes = []
+        for answer in answers:
+            outcomes.append(
+                Outcome(
+                    message_pk=message.message_pk,
+                    run_id=message.run_id,
+                    purpose=message.purpose,
+                    subject=message.subject,
+                    recipient=addresses.get(answer.row_id, "?"),
+                    status=answer.status,
+                    code=answer.code,
+                    reply=answer.reply,
+                    next_attempt_at=answer.next_attempt_at,
+                    location=answer.location,
+                    transport=kind,
+                )
+            )
+            self._log(message, outcomes[-1])
+        return outcomes
+
+    @staticmethod
+    def _log(message: DueMessage, outcome: Outcome) -> None:
+        what = f"{message.purpose} {message.subject!r} to {outcome.recipient}"
+        if outcome.status is RecipientStatus.DELIVERED:
+            where = f" ({outcome.location})" if outcome.location else ""
+            log.debug("%s: delivered%s", what, where)
+        elif outcome.status is RecipientStatus.DEFERRED:
+            when = (
+                outcome.next_attempt_at.isoformat(timespec="seconds")
+                if outcome.next_attempt_at
+                else "?"
+            )
+            log.warning("%s: deferred, next try at %s: %s", what, when, outcome.reply)
+        else:
+            log.error("%s: %s: %s", what, outcome.status.value, outcome.reply)
+
+    def _release(self, messages: list[DueMessage]) -> None:
+        ids = [r.row_id for m in messages for r in m.recipients]
+        try:
+            self.queue.release(ids)
+        except LedgerError as error:  # the claims run out by themselves
+            log.warning("could not release %d queued row(s): %s", len(ids), error)
+
+    # -------------------------------------------------------------- settling
+
+    def settle(self, run_ids: set[str]) -> None:
+        """End the ``delivering`` runs among ``run_ids`` whose report mail is all final."""
+        for run_id in sorted(run_ids):
+            try:
+                self._settle(run_id)
+            except LedgerError as error:  # settled again by the next pass or housekeeping
+                log.warning("could not settle run %s yet: %s", run_id, error)
+
+    def _settle(self, run_id: str) -> None:
+        run = self.ledger.get(run_id)
+        if run is None or run.status != RunStatus.DELIVERING.value:
+            return
+        report = self.queue.counts(run_id, purpose="report")
+        if any(report.get(s.value) for s in PENDING):
+            return
+        rows = [r for r in self.queue.rows(run_ids=[run_id]) if r.purpose == "report"]
+        problems = [r for r in rows if r.status != RecipientStatus.DELIVERED.value]
+        status = RunStatus.FAILED if problems else RunStatus.SUCCEEDED
+        error = self._problem_summary(problems) if problems else None
+        if not self.ledger.complete_delivery(run_id, status.value, error=error):
+            return  # another node settled it
+        if problems:
+            self._notify_problems(run, problems)
+
+    @staticmethod
+    def _problem_summary(problems: list[QueueRow]) -> str:
+        counts: dict[str, int] = {}
+        for row in problems:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        head = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        first = problems[0]
+        detail = f"{first.recipient}: {first.code or ''} {first.reply}".replace("  ", " ")
+        return f"delivery failed ({head}); e.g. {one_line(detail, 300)}"
+
+    def _notify_problems(self, run: Run, problems: list[QueueRow]) -> None:
+        recipients = [
+            r
+            for r in (run.failure_recipients or ())
+            if _bare(r) not in {_bare(p.recipient) for p in problems}
+        ]
+        if not recipients:
+            log.error(
+                "%s: %d email(s) not delivered and nobody to tell (set on_failure:)",
+                run.job,
+                len(problems),
+            )
+            return
+        mail = delivery_problems_email(
+            name=run.job,
+            run_id=run.run_id,
+            problems=[
+                (p.subject, p.recipient, p.status, f"{p.code or ''} {p.reply}".strip())
+                for p in problems
+            ],
+            recipients=recipients,
+        )
+        try:
+            message = plan_email(
+                mail,
+                purpose="notice",
+                default_sender=self.settings.from_address,
+                max_size=self.settings.max_message_size,
+                expires_at=self.ledger.db.now()
+                + timedelta(seconds=self.settings.delivery_lifetime),
+                key="delivery-problems",
+            )
+            self.queue.add(run.run_id, [message])
+        except (MessageError, LedgerError) as error:
+            log.error("%s: could not queue the delivery notice: %s", run.job, error)
+            return
+        self.deliver(run_id=run.run_id)
+
+    # ---------------------------------------------------------------- ledger
+
+    def _with_ledger(
+        self, call: Callable[[], T], what: str, *, give_up: T, wait: bool = False
+    ) -> T:
+        """Run a ledger call, retrying while the ledger is unavailable (never raises it).
+
+        Once the process is stopping, a step that changes nothing yet (claiming, marking)
+        returns ``give_up`` at once; a write of answers (``wait``) keeps trying for the
+        shutdown grace period, then the loss is logged (those rows end as "outcome
+        unknown", never sent twice).
+        """
+        delay = 0.2
+        deadline: float | None = None
+        while True:
+            try:
+                value = call()
+                if self._ledger_trouble:
+                    self._ledger_trouble = False
+                    log.warning("the ledger is available again (%s)", what)
+                return value
+            except LedgerError as error:
+                if not self._ledger_trouble:
+                    self._ledger_trouble = True
+                    log.warning(
+                        "the ledger is unavailable while %s (%s); keeping the outcome in "
+                        "memory and retrying",
+                        what,
+                        one_line(str(error), 300),
+                    )
+                if self.stopping.is_set():
+                    if not wait:
+                        return give_up
+                    deadline = deadline or time.monotonic() + self.settings.shutdown_grace
+                    if time.monotonic() > deadline:
+                        log.error("giving up %s: the ledger stayed unavailable", what)
+                        return give_up
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def default_transports(settings: Settings) -> TransportFactory:
+    """``default``: SMTP when configured, else the outbox; ``outbox``: the outbox."""
+    from notifier.transport import transport_for
+
+    def make(kind: str) -> Transport:
+        return transport_for(settings, dry_run=kind == "outbox")
+
+    return make
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many recipients ended in each status."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+    return counts
+
+
+__all__ = ["Deliverer", "Outcome", "default_transports", "summarize"]
