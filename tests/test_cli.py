@@ -83,3 +83,49 @@ def test_a_parameter_typo_in_run_job_is_refused_and_mails_nobody(tmp_path: Path)
     assert "Traceback" not in result.stderr
     assert not (project / "outbox").exists()
     assert not (project / "runs").exists()
+
+
+def test_a_bad_smtp_setting_stops_only_the_commands_that_send(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    with (project / ".env").open("a") as dotenv:
+        dotenv.write("SMTP_HOST=smtp.example.com\nSMTP_PORT=abc\n")
+
+    for args in (
+        ["list"],
+        ["validate"],
+        ["send", "--dry-run", "--to", "a@example.com", "-s", "hi", "--body", "text"],
+    ):
+        result = notifier(project, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "SMTP_PORT='abc'" in result.stderr and "--dry-run does not need them" in result.stderr
+    assert list((project / "outbox").glob("*.eml"))
+
+    for args in (
+        ["send", "--to", "a@example.com", "-s", "hi", "--body", "text"],
+        ["run", "notebooks/report.ipynb"],
+        ["schedule"],
+    ):
+        result = notifier(project, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "error: SMTP_PORT='abc' is not a port number." in result.stderr, args
+        assert "Traceback" not in result.stderr
+    doctor = notifier(project, "doctor")
+    assert doctor.returncode == 2 and "FAIL Settings: SMTP_PORT='abc'" in doctor.stdout
+    assert not (project / "runs").exists()
+
+
+def test_settings_without_smtp_checks_anchor_paths_like_the_full_ones(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from notifier.commands.common import settings_for_jobs
+
+    for key in list(os.environ):
+        if key.startswith(("SMTP_", "NOTIFIER_")):
+            monkeypatch.delenv(key)
+    project = make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    full = settings_for_jobs(project / "jobs.yaml")
+    assert settings_for_jobs(project / "jobs.yaml", smtp=False) == full
+    assert full.db_url == f"sqlite:///{project / 'ledger.db'}"
+    assert full.outbox_dir == project / "outbox"
