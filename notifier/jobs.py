@@ -36,7 +36,7 @@ from apscheduler.triggers.base import BaseTrigger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from notifier.durations import DURATION_FORM, parse_duration
-from notifier.errors import JobsFileError, NotifierError
+from notifier.errors import JobsFileError, UsageError
 from notifier.schedule import SCHEDULE_FORM, Schedule, next_fire_times, parse_schedule
 
 ENV_TIMEZONE = "NOTIFIER_TIMEZONE"
@@ -340,14 +340,14 @@ class JobsFile:
         return [job.name for job in self.jobs]
 
     def get(self, name: str) -> Job:
-        """The job called ``name``; NotifierError listing the known names if there is none."""
+        """The job called ``name``; UsageError (exit 2) listing the known names if there is none."""
         for job in self.jobs:
             if job.name == name:
                 return job
         close = difflib.get_close_matches(name, self.names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         known = ", ".join(self.names) or "none"
-        raise NotifierError(
+        raise UsageError(
             f"no job named {name!r} in {self.path}.{hint} Known jobs: {known}",
             fix=f"use one of the names above, or add a job named {name!r} to {self.path}",
         )

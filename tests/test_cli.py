@@ -129,3 +129,27 @@ def test_settings_without_smtp_checks_anchor_paths_like_the_full_ones(
     assert settings_for_jobs(project / "jobs.yaml", smtp=False) == full
     assert full.db_url == f"sqlite:///{project / 'ledger.db'}"
     assert full.outbox_dir == project / "outbox"
+
+
+def test_bad_input_exits_2_with_one_clear_error(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    (project / "attachments").mkdir()
+
+    unknown = notifier(project, "run", "reprot")
+    assert unknown.returncode == 2, unknown.stderr
+    assert "no job named 'reprot'" in unknown.stderr and "Did you mean 'report'?" in unknown.stderr
+
+    folder = notifier(
+        project, "send", "--dry-run", "--to", "a@example.com", "-s", "x", "--body", "y",
+        "--attach", "attachments",
+    )  # fmt: skip
+    assert folder.returncode == 2
+    assert "The attachment 'attachments' is a folder, not a file." in folder.stderr
+    assert "does not exist" not in folder.stderr
+
+    (project / ".env").write_bytes(b"REPORT_TO=team@example.com\nSMTP_FROM=R\xe9ports <r@x.org>\n")
+    for args in (["validate"], ["list"], ["send", "--to", "a@b.org", "-s", "x", "--body", "y"]):
+        result = notifier(project, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert f"{project / '.env'}:2: not UTF-8 text (byte 0xe9)" in result.stderr, args
+        assert "Traceback" not in result.stderr

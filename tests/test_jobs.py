@@ -305,6 +305,7 @@ def test_get_unknown_job_lists_known_names(project):
     assert "Did you mean 'daily-sales'?" in text
     assert "Known jobs: daily-sales, disk.alert_1, year-end" in text
     assert info.value.fix
+    assert info.value.exit_code == 2  # a wrong name on the command line is bad input
 
 
 def test_empty_jobs_list_is_valid(project):

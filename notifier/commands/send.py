@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise UsageError(
+            f"The {what} {str(path)!r} is a folder, not a file.", "pass the path of a file"
+        )
     if not path.is_file():
         raise UsageError(f"The {what} {str(path)!r} does not exist.", "check the path")
     try:
