@@ -81,6 +81,12 @@ _PROVIDER_HOSTS = {p.host: name for name, p in PROVIDERS.items()} | {
     "smtp.yandex.ru": "mailru",
 }
 
+
+def provider_of_host(host: str | None) -> str | None:
+    """The provider whose documented SMTP host ``host`` is (``smtp.gmail.com``: gmail)."""
+    return _PROVIDER_HOSTS.get((host or "").lower().rstrip("."))
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -139,7 +145,7 @@ class Settings:
     @property
     def auth_hint(self) -> str | None:
         """Provider-specific advice for a 535 authentication failure."""
-        name = self.provider or _PROVIDER_HOSTS.get((self.host or "").lower())
+        name = self.provider or provider_of_host(self.host)
         return PROVIDERS[name].auth_hint if name in PROVIDERS else None
 
     def secrets(self) -> list[str]:
