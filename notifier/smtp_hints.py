@@ -429,7 +429,7 @@ def _no_greeting(settings: Settings) -> Hint:
         f"{_where(settings)} accepted the connection but sent no greeting within "
         f"{settings.timeout:g} s (nor did it answer a TLS handshake): it is overloaded, or "
         "this is not a mail server's port.",
-        "check SMTP_HOST and SMTP_PORT; it is retried; raise SMTP_TIMEOUT for a slow server",
+        "check SMTP_HOST and SMTP_PORT; raise SMTP_TIMEOUT for a slow server",
         transient=True,
     )
 
