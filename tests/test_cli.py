@@ -195,3 +195,27 @@ def test_every_command_has_a_description() -> None:
     [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [name for name, sub in subparsers.choices.items() if not sub.description]
     assert missing in ([], ["history"])  # history.py is the lead's: reported, not edited here
+
+
+def test_commands_that_connect_without_verification_warn_once(
+    tmp_path: Path, smtp_server_factory
+) -> None:
+    server = smtp_server_factory("ssl")
+    project = make_project(tmp_path)
+    with (project / ".env").open("a") as dotenv:
+        dotenv.write(
+            f"SMTP_HOST=127.0.0.1\nSMTP_PORT={server.port}\nSMTP_SECURITY=ssl\n"
+            "SMTP_VERIFY=false\nSMTP_TIMEOUT=5\n"
+        )
+    warning = "warning: TLS certificate verification is OFF (SMTP_VERIFY=false)"
+    mail = ["--to", "a@example.com", "--to", "b@example.com", "-s", "hi", "--body", "text"]
+
+    sent = notifier(project, "send", *mail)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stderr.count(warning) == 1 and len(server.messages) == 1
+    doctor = notifier(project, "doctor")
+    assert doctor.returncode == 0, doctor.stdout
+    assert doctor.stderr.count(warning) == 1
+    for quiet in (["send", "--dry-run", *mail], ["list"]):  # nothing connects
+        result = notifier(project, *quiet)
+        assert result.returncode == 0 and warning not in result.stderr, result.stderr
