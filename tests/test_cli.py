@@ -166,6 +166,9 @@ log = logging.getLogger("notifier.scheduler")
 for created, slot in (
     (datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc), datetime(2026, 1, 15, 7, 0, tzinfo=timezone.utc)),
     (datetime(2026, 7, 15, 12, 0, tzinfo=timezone.utc), "2026-07-15T08:00:00-04:00"),
+    # the fall-back night: 02:30 local happens twice, first at +02:00, then at +01:00
+    (datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc), "2026-10-25T00:30:00Z"),
+    (datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc), "2026-10-25T01:30:00Z"),
 ):
     record = log.makeRecord(log.name, logging.INFO, "x.py", 1, "slot %s", (slot,), None)
     record.created = created.timestamp()
@@ -185,6 +188,8 @@ def test_log_lines_show_every_time_in_local_time_with_the_offset_of_that_instant
     assert result.stderr.splitlines() == [
         "2026-01-15T13:00:00+01:00 INFO notifier.scheduler: slot 2026-01-15T08:00:00+01:00",
         "2026-07-15T14:00:00+02:00 INFO notifier.scheduler: slot 2026-07-15T14:00:00+02:00",
+        "2026-10-25T02:30:00+02:00 INFO notifier.scheduler: slot 2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00 INFO notifier.scheduler: slot 2026-10-25T02:30:00+01:00",
     ]
 
 
