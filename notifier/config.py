@@ -3,6 +3,10 @@
 A real environment variable wins over ``.env``. Every contradiction or malformed
 value is a :class:`~notifier.errors.ConfigError` that names the variable and the fix.
 No ``SMTP_HOST`` at all means the embedded default: mail goes to the local outbox.
+
+The SMTP settings are checked apart from the others (paths, ledger, time zone, workers):
+commands that never talk to a mail server load settings with ``smtp=False`` and keep
+working while an SMTP value is broken; the problem waits in ``Settings.smtp_error``.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ _PROVIDER_HOSTS = {p.host: name for name, p in PROVIDERS.items()} | {
     "smtp.yandex.ru": "mailru",
 }
 
+
+def provider_of_host(host: str | None) -> str | None:
+    """The provider whose documented SMTP host ``host`` is (``smtp.gmail.com``: gmail)."""
+    return _PROVIDER_HOSTS.get((host or "").lower().rstrip("."))
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -120,6 +130,9 @@ class Settings:
     retry_backoff_max: float = 900.0
     # a node is dead when it has not renewed its lease for this long
     lease_seconds: float = 60.0
+    # Loaded with smtp=False: the SMTP problem that was set aside (the SMTP fields then hold
+    # only what could be read); None when the SMTP settings are valid.
+    smtp_error: ConfigError | None = field(default=None, repr=False, compare=False)
 
     @property
     def uses_outbox(self) -> bool:
@@ -138,7 +151,7 @@ class Settings:
     @property
     def auth_hint(self) -> str | None:
         """Provider-specific advice for a 535 authentication failure."""
-        name = self.provider or _PROVIDER_HOSTS.get((self.host or "").lower())
+        name = self.provider or provider_of_host(self.host)
         return PROVIDERS[name].auth_hint if name in PROVIDERS else None
 
     def secrets(self) -> list[str]:
@@ -160,17 +173,42 @@ def read_environment(
     """Merge ``.env`` (if present) under the real environment; real variables win."""
     merged: dict[str, str] = {}
     if dotenv_path is not None and Path(dotenv_path).is_file():
+        _check_utf8(Path(dotenv_path))
         merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     merged.update(os.environ if env is None else env)
     return merged
 
 
+def _check_utf8(path: Path) -> None:
+    """ConfigError with file:line when ``path`` is not UTF-8 (python-dotenv would crash)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read it ({exc.strerror}).", "check the file's permissions"
+        ) from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}).",
+            f"save {path.name} as UTF-8 (most editors: 'Save with encoding')",
+        ) from None
+
+
 def load_settings(
-    env: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike[str] | None = ".env"
+    env: Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+    *,
+    smtp: bool = True,
 ) -> Settings:
-    """Read and validate settings; raise ConfigError naming the variable and the fix."""
+    """Read and validate settings; raise ConfigError naming the variable and the fix.
+
+    ``smtp=False``: see :func:`parse_settings`.
+    """
     values = read_environment(env, dotenv_path)
-    return parse_settings(values)
+    return parse_settings(values, smtp=smtp)
 
 
 def _get(values: Mapping[str, str], name: str) -> str | None:
@@ -247,32 +285,102 @@ _EXAMPLES = {
 def _parse_security(values: Mapping[str, str]) -> str | None:
     raw = _get(values, "SMTP_SECURITY")
     secure = _get(values, "SMTP_SECURE")
-    if raw is not None:
-        mode = raw.lower()
-        if mode == "tls":  # a common spelling for implicit TLS in other tools
-            mode = "ssl"
-        if mode not in SECURITY_MODES:
-            raise ConfigError(
-                f"SMTP_SECURITY={raw!r} is not one of ssl, starttls, none.",
-                "use ssl for implicit TLS (port 465) or starttls (port 587)",
-            )
-        return mode
+    implicit: bool | None = None  # what SMTP_SECURE says: implicit TLS or not
     if secure is not None:
-        lowered = secure.lower()
-        if lowered in _TRUE:
-            return "ssl"
-        if lowered in _FALSE:
-            return "starttls"
+        if secure.lower() in _TRUE:
+            implicit = True
+        elif secure.lower() in _FALSE:
+            implicit = False
+        else:
+            raise ConfigError(
+                f"SMTP_SECURE={secure!r} is not true or false.",
+                "SMTP_SECURE=true means implicit TLS (465), false means STARTTLS (587); "
+                "or set SMTP_SECURITY=ssl|starttls|none",
+            )
+    if raw is None:
+        return None if implicit is None else ("ssl" if implicit else "starttls")
+    mode = raw.lower()
+    if mode == "tls":  # a common spelling for implicit TLS in other tools
+        mode = "ssl"
+    if mode not in SECURITY_MODES:
         raise ConfigError(
-            f"SMTP_SECURE={secure!r} is not true or false.",
-            "SMTP_SECURE=true means implicit TLS (465), false means STARTTLS (587); "
-            "or set SMTP_SECURITY=ssl|starttls|none",
+            f"SMTP_SECURITY={raw!r} is not one of ssl, starttls, none.",
+            "use ssl for implicit TLS (port 465) or starttls (port 587)",
         )
-    return None
+    # SMTP_SECURE=false with SMTP_SECURITY=none agree (no implicit TLS); none is the precise one.
+    if implicit is not None and implicit != (mode == "ssl"):
+        says = "implicit TLS" if implicit else "no implicit TLS (STARTTLS)"
+        raise ConfigError(
+            f"SMTP_SECURE={secure!r} ({says}) and SMTP_SECURITY={raw!r} contradict each other.",
+            "remove SMTP_SECURE and keep only SMTP_SECURITY=ssl|starttls|none "
+            "(ssl for port 465, starttls for 587)",
+        )
+    return mode
 
 
-def parse_settings(values: Mapping[str, str]) -> Settings:
-    """Validate a flat mapping of variables into :class:`Settings`."""
+def parse_settings(values: Mapping[str, str], *, smtp: bool = True) -> Settings:
+    """Validate a flat mapping of variables into :class:`Settings`.
+
+    With ``smtp=False`` (commands that never connect to a mail server: ``list``,
+    ``history``, ``send --dry-run``) a bad SMTP setting does not raise: it is kept in
+    ``Settings.smtp_error`` and the SMTP fields hold what could be read (the password too,
+    so it is still redacted). Every other setting is checked either way.
+    """
+    general = _general_fields(values)
+    try:
+        mail = _smtp_fields(values)
+    except ConfigError as error:
+        if smtp:
+            raise
+        mail = _smtp_fields_unchecked(values, error)
+    return Settings(**mail, **general)
+
+
+def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
+    """Settings every command needs: message size, folders, ledger, time zone, workers."""
+    max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE", minimum=1024)
+    timezone = _get(values, "NOTIFIER_TIMEZONE") or "UTC"
+    _check_timezone(timezone)
+    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", 30.0, 0.1)
+    backoff_max = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF_MAX", max(900.0, backoff), 0.1)
+    if backoff_max < backoff:
+        raise ConfigError(
+            "NOTIFIER_RETRY_BACKOFF_MAX is shorter than NOTIFIER_RETRY_BACKOFF.",
+            "make the maximum at least the first delay, e.g. 30s and 15m",
+        )
+    return {
+        "max_message_size": max_size if max_size is not None else DEFAULT_MAX_MESSAGE_SIZE,
+        "outbox_dir": Path(_get(values, "NOTIFIER_OUTBOX") or "outbox"),
+        "runs_dir": Path(_get(values, "NOTIFIER_RUNS_DIR") or "runs"),
+        "db_url": _get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db",
+        "timezone": timezone,
+        "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
+        "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
+        "delivery_lifetime": _parse_duration(values, "NOTIFIER_DELIVERY_LIFETIME", 86400.0, 1.0),
+        "retry_backoff": backoff,
+        "retry_backoff_max": backoff_max,
+        "lease_seconds": _parse_duration(values, "NOTIFIER_LEASE_SECONDS", 60.0, 2.0),
+    }
+
+
+def _smtp_fields_unchecked(values: Mapping[str, str], error: ConfigError) -> dict[str, object]:
+    """What can be read of broken SMTP settings (sender, login, host) plus the error."""
+    provider = PROVIDERS.get((_get(values, "SMTP_PROVIDER") or "").lower())
+    sender = _get(values, "SMTP_FROM")
+    if sender is not None and ("@" not in sender or "\n" in sender or "\r" in sender):
+        sender = None
+    password = _get(values, "SMTP_PASSWORD") or _get(values, "SMTP_PASS")
+    return {
+        "host": _get(values, "SMTP_HOST") or (provider.host if provider else None),
+        "user": _get(values, "SMTP_USER"),
+        "password": Secret(password) if password else None,
+        "sender": sender,
+        "smtp_error": error,
+    }
+
+
+def _smtp_fields(values: Mapping[str, str]) -> dict[str, object]:
+    """The SMTP settings, validated; ConfigError names the variable and the fix."""
     provider_name = _get(values, "SMTP_PROVIDER")
     provider = None
     if provider_name is not None:
@@ -349,46 +457,24 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
             "for example SMTP_FROM='Reports <reports@example.com>'",
         )
 
-    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", 30.0, 0.1)
-    backoff_max = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF_MAX", max(900.0, backoff), 0.1)
-    if backoff_max < backoff:
-        raise ConfigError(
-            "NOTIFIER_RETRY_BACKOFF_MAX is shorter than NOTIFIER_RETRY_BACKOFF.",
-            "make the maximum at least the first delay, e.g. 30s and 15m",
-        )
-    max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE", minimum=1024)
     retries = _parse_int(values, "SMTP_RETRIES")
-    timezone = _get(values, "NOTIFIER_TIMEZONE") or "UTC"
-    _check_timezone(timezone)
-
-    return Settings(
-        host=host,
-        port=port if host is not None else None,
-        user=user,
-        password=Secret(password) if password else None,
-        sender=sender,
-        security=security,
-        timeout=_parse_float(values, "SMTP_TIMEOUT", 30.0),
-        ca_file=ca_file,
-        verify=_parse_bool(values, "SMTP_VERIFY", True),
-        provider=provider_name,
-        allow_plaintext_auth=_parse_bool(values, "SMTP_ALLOW_PLAINTEXT_AUTH", False),
-        max_message_size=max_size if max_size is not None else DEFAULT_MAX_MESSAGE_SIZE,
-        rate_per_minute=_parse_int(values, "SMTP_RATE_PER_MINUTE", minimum=1),
-        rate_per_day=_parse_int(values, "SMTP_RATE_PER_DAY", minimum=1),
-        retries=retries if retries is not None else 3,
-        helo_name=_get(values, "SMTP_HELO_NAME"),
-        outbox_dir=Path(_get(values, "NOTIFIER_OUTBOX") or "outbox"),
-        runs_dir=Path(_get(values, "NOTIFIER_RUNS_DIR") or "runs"),
-        db_url=_get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db",
-        timezone=timezone,
-        workers=_parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
-        shutdown_grace=_parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
-        delivery_lifetime=_parse_duration(values, "NOTIFIER_DELIVERY_LIFETIME", 86400.0, 1.0),
-        retry_backoff=backoff,
-        retry_backoff_max=backoff_max,
-        lease_seconds=_parse_duration(values, "NOTIFIER_LEASE_SECONDS", 60.0, 2.0),
-    )
+    return {
+        "host": host,
+        "port": port if host is not None else None,
+        "user": user,
+        "password": Secret(password) if password else None,
+        "sender": sender,
+        "security": security,
+        "timeout": _parse_float(values, "SMTP_TIMEOUT", 30.0),
+        "ca_file": ca_file,
+        "verify": _parse_bool(values, "SMTP_VERIFY", True),
+        "provider": provider_name,
+        "allow_plaintext_auth": _parse_bool(values, "SMTP_ALLOW_PLAINTEXT_AUTH", False),
+        "rate_per_minute": _parse_int(values, "SMTP_RATE_PER_MINUTE", minimum=1),
+        "rate_per_day": _parse_int(values, "SMTP_RATE_PER_DAY", minimum=1),
+        "retries": retries if retries is not None else 3,
+        "helo_name": _get(values, "SMTP_HELO_NAME"),
+    }
 
 
 def _check_timezone(name: str) -> None:

@@ -1,5 +1,9 @@
 """Step-by-step SMTP diagnosis: settings, DNS, TCP, TLS mode, certificate, EHLO, login, test.
 
+TCP, TLS mode, certificate, EHLO and login are checked over one connection, which ends
+with QUIT (mail servers log bare probe connections and dropped sessions as errors); the
+test message goes through the transport, as real mail does.
+
 :func:`diagnose` returns a list of :class:`Step`; it stops after the first failure that makes
 the later steps meaningless (no point checking the certificate of a host that does not
 resolve). Each failed step carries a ``remedy`` naming the setting to change; the texts come
@@ -12,12 +16,12 @@ The password is never part of any step: every text is passed through
 from __future__ import annotations
 
 import os
-import select
 import smtplib
 import socket
 import ssl
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -31,11 +35,12 @@ from notifier.transport.smtp import (
     SMTPConnection,
     SMTPSSLConnection,
     SMTPTransport,
+    check_resolver,
     greet,
     local_hostname,
     login,
-    open_socket,
     plaintext_auth_error,
+    quit_quietly,
     resolve,
     tls_context,
 )
@@ -60,11 +65,18 @@ class _Stop(Exception):
     """A step failed in a way that makes the remaining steps meaningless."""
 
 
-def diagnose(settings: Settings | None = None, send_test_to: str | None = None) -> list[Step]:
+def diagnose(
+    settings: Settings | None = None,
+    send_test_to: str | None = None,
+    *,
+    reference_names: Sequence[str] | None = None,
+) -> list[Step]:
     """Check the SMTP setup step by step; with ``send_test_to``, send a real test message.
 
     ``settings=None`` loads them with :func:`notifier.config.load_settings` (environment and
     ``./.env``); a :class:`~notifier.errors.ConfigError` becomes the failed first step.
+    When SMTP_HOST does not resolve, ``reference_names`` (default: well-known names) are
+    looked up to tell a wrong name from a machine without network.
     """
     if settings is None:
         try:
@@ -73,7 +85,7 @@ def diagnose(settings: Settings | None = None, send_test_to: str | None = None) 
             return [Step("Settings", False, exc.message, exc.fix)]
     steps: list[Step] = []
     try:
-        _Doctor(settings, steps).run(send_test_to)
+        _Doctor(settings, steps, reference_names).run(send_test_to)
     except _Stop:
         pass
     secrets = list(settings.secrets())
@@ -103,9 +115,12 @@ def format_steps(steps: list[Step]) -> list[str]:
 
 
 class _Doctor:
-    def __init__(self, settings: Settings, steps: list[Step]) -> None:
+    def __init__(
+        self, settings: Settings, steps: list[Step], reference_names: Sequence[str] | None
+    ) -> None:
         self.s = settings
         self.steps = steps
+        self.reference_names = reference_names
         self.wait = min(settings.timeout, _MAX_WAIT)
         self.where = f"{settings.host}:{settings.port}"
 
@@ -132,13 +147,12 @@ class _Doctor:
             return
         addresses = self.dns_step()
         sock = self.tcp_step(addresses)
-        self.mode_step(sock)
-        conn = self.certificate_step()
+        conn = self.session_steps(sock)  # TLS mode, certificate, EHLO: the same connection
         try:
             self.ehlo_step(conn)
             self.login_step(conn)
         finally:
-            _quit(conn)
+            quit_quietly(conn, self.wait)
         if send_test_to:
             self.send_step(send_test_to)
 
@@ -182,7 +196,8 @@ class _Doctor:
         try:
             infos = resolve(self.s.host, self.s.port, self.wait)
         except socket.gaierror as exc:
-            self.fail_hint("DNS", hint(exc, self.s, stage="connect"))
+            problem = check_resolver(exc, self.s.host, self.wait, self.reference_names)
+            self.fail_hint("DNS", hint(problem, self.s, stage="connect"))
         addresses = list(dict.fromkeys(info[4][0] for info in infos))
         self.ok("DNS", f"{self.s.host} -> {', '.join(addresses)}")
         return infos
@@ -207,93 +222,28 @@ class _Doctor:
         self.fail_hint("TCP connect", hint(last, settings, stage="connect"))
         raise AssertionError("unreachable")
 
-    def mode_step(self, sock: socket.socket) -> None:
-        name = "TLS mode"
-        try:
-            if self.s.security == "ssl":
-                self._expect_implicit_tls(name, sock)
-            else:
-                self._expect_plain_greeting(name, sock)
-        finally:
-            sock.close()
+    def session_steps(self, sock: socket.socket) -> smtplib.SMTP:
+        """TLS mode, certificate and the greeting over the connection of the TCP step.
 
-    def _expect_implicit_tls(self, name: str, sock: socket.socket) -> None:
-        unverified = _unverified_context()
-        try:
-            with unverified.wrap_socket(sock, server_hostname=self.s.host) as tls:
-                version = tls.version()
-        except ssl.SSLError as exc:
-            banner = self._read_banner()
-            if banner and banner[:1].isdigit():
-                self.fail(
-                    name,
-                    f"SMTP_SECURITY=ssl expects TLS from the first byte, but {self.where} greeted "
-                    f"in plaintext: {_printable(banner)!r}. This port speaks plain SMTP and "
-                    "upgrades with STARTTLS.",
-                    "set SMTP_SECURITY=starttls (usually port 587), or SMTP_PORT=465 for "
-                    "implicit TLS",
-                )
-            self.fail_hint(name, hint(exc, self.s, stage="tls"))
-        except OSError as exc:
-            self.fail_hint(name, hint(exc, replace(self.s, timeout=self.wait), stage="tls"))
-        self.ok(name, f"implicit TLS: handshake OK ({version})")
-
-    def _expect_plain_greeting(self, name: str, sock: socket.socket) -> None:
-        banner = b""
-        try:
-            banner = _recv_some(sock, self.wait)
-        except OSError:
-            pass
-        if banner.startswith(b"220"):
-            upgrade = "; STARTTLS comes next" if self.s.security == "starttls" else ""
-            self.ok(name, f"plain SMTP greeting: {_printable(banner)}{upgrade}")
-            return
-        if banner[:1].isdigit():
-            text = _printable(banner)
-            self.fail(
-                name,
-                f"{self.where} answered but refuses sessions: {text}",
-                "try again later; if it persists, ask the mail server's administrator",
-            )
-        if banner:
-            self.fail(
-                name,
-                f"{self.where} sent {len(banner)} bytes that are not an SMTP greeting "
-                f"({banner[:8]!r}...): it expects implicit TLS from the first byte.",
-                "set SMTP_SECURITY=ssl (usually port 465)",
-            )
-        if self._speaks_tls():
-            self.fail(
-                name,
-                f"{self.where} sent no SMTP greeting within {self.wait:g} s but completed a "
-                "TLS handshake: this port expects implicit TLS, not "
-                f"{'STARTTLS' if self.s.security == 'starttls' else 'plain SMTP'}.",
-                "set SMTP_SECURITY=ssl (or SMTP_SECURE=true); port 465 is the usual one",
-            )
-        diagnosis = hint(TimeoutError(), replace(self.s, timeout=self.wait), stage="greeting")
-        self.fail_hint(name, diagnosis)
-
-    def certificate_step(self) -> smtplib.SMTP:
-        """Open the session the transport would (TLS verified) and report the certificate."""
+        One connection serves every check (a mail server logs a bare probe connection as
+        an error); only a failed certificate check opens a second one, to show what the
+        server presents.
+        """
         s = self.s
-        name = "Certificate"
-        helo = s.helo_name or local_hostname()
+        conn = SMTPConnection(local_hostname=s.helo_name or local_hostname(), timeout=self.wait)
         context = tls_context(s)
-        conn: smtplib.SMTP
-        stage = "greeting"
+        if s.security == "ssl":
+            tls = self._implicit_tls(sock, context)
+            self._greeting(conn, tls)
+            self._report_certificate(tls)
+        else:
+            self._greeting(conn, sock)
+        stage = "ehlo"
         try:
-            if s.security == "ssl":
-                conn = SMTPSSLConnection(local_hostname=helo, timeout=self.wait, context=context)
-            else:
-                conn = SMTPConnection(local_hostname=helo, timeout=self.wait)
-            code, reply = conn.connect(s.host, s.port)
-            if code != 220:
-                raise smtplib.SMTPConnectError(code, reply)
-            stage = "ehlo"
             greet(conn)
             if s.security == "starttls":
                 if not conn.has_extn("starttls"):
-                    _quit(conn)
+                    quit_quietly(conn, self.wait)
                     self.fail_hint("STARTTLS", hint(smtplib.SMTPNotSupportedError("STARTTLS"), s))
                 stage = "tls"
                 conn.starttls(context=context)
@@ -301,28 +251,112 @@ class _Doctor:
                 greet(conn)
         except ssl.SSLCertVerificationError as exc:
             conn.close()
-            diagnosis = hint(exc, s)
-            seen = self._describe_unverified()
-            detail = diagnosis.cause + (f"\nthe server presented: {seen}" if seen else "")
-            self.fail(name, detail, diagnosis.fix)
+            self._certificate_failed(exc)
         except (OSError, smtplib.SMTPException) as exc:
+            if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 100:
+                quit_quietly(conn, self.wait)
             conn.close()
+            name = "Certificate" if stage == "tls" else "EHLO"
             self.fail_hint(name, hint(exc, replace(s, timeout=self.wait), stage=stage))
         if s.security == "none":
             self.info(
-                name,
+                "Certificate",
                 "no TLS (SMTP_SECURITY=none): mail travels unencrypted",
                 "use SMTP_SECURITY=starttls or ssl unless this is a relay on a trusted network",
             )
-            return conn
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        cert = sock.getpeercert() or {}
-        if not s.verify:
-            self.info(name, f"not verified (SMTP_VERIFY=false); {sock.version()}")
-        else:
-            self.ok(name, f"{_describe(cert)}; {sock.version()}; verified")
+        elif s.security == "starttls":
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            self._report_certificate(conn.sock)
         return conn
+
+    def _greeting(self, conn: SMTPConnection, sock: socket.socket) -> None:
+        """Read the greeting on ``sock``; report the TLS mode step (ok or failed)."""
+        name = "TLS mode"
+        try:
+            code, reply = conn.connect(self.s.host or "", self.s.port or 0, sock=sock)
+        except (OSError, smtplib.SMTPException) as exc:
+            conn.close()
+            self.fail_hint(name, hint(exc, replace(self.s, timeout=self.wait), stage="greeting"))
+        text = _printable(reply)
+        if code != 220:
+            quit_quietly(conn, self.wait)
+            self.fail(
+                name,
+                f"{self.where} answered but refuses sessions: {code} {text}",
+                "try again later; if it persists, ask the mail server's administrator",
+            )
+        if isinstance(conn.sock, ssl.SSLSocket):
+            self.ok(name, f"implicit TLS: handshake OK ({conn.sock.version()}), greeting {code}")
+        else:
+            upgrade = "; STARTTLS comes next" if self.s.security == "starttls" else ""
+            self.ok(name, f"plain SMTP greeting: {code} {text}{upgrade}")
+
+    def _implicit_tls(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """The TLS handshake of SMTP_SECURITY=ssl, verifying the certificate."""
+        name = "TLS mode"
+        tls = context.wrap_socket(sock, server_hostname=self.s.host, do_handshake_on_connect=False)
+        try:
+            banner = self._handshake(tls)
+        except ssl.SSLCertVerificationError as exc:
+            tls.close()
+            self.ok(name, "implicit TLS: the server speaks TLS from the first byte")
+            self._certificate_failed(exc)
+        except ssl.SSLError as exc:
+            tls.close()
+            self.fail_hint(name, hint(exc, self.s, stage="tls"))
+        except OSError as exc:
+            tls.close()
+            self.fail_hint(name, hint(exc, replace(self.s, timeout=self.wait), stage="tls"))
+        if banner is not None:
+            tls.close()
+            self.fail(
+                name,
+                f"SMTP_SECURITY=ssl expects TLS from the first byte, but {self.where} greeted "
+                f"in plaintext: {_printable(banner)!r}. This port speaks plain SMTP and "
+                "upgrades with STARTTLS.",
+                "set SMTP_SECURITY=starttls (usually port 587), or SMTP_PORT=465 for implicit TLS",
+            )
+        return tls
+
+    def _handshake(self, tls: ssl.SSLSocket) -> bytes | None:
+        """Complete the handshake; or return the plaintext greeting the server sent instead.
+
+        The server's first bytes are peeked at (not consumed) through a second descriptor of
+        the same connection: a plain SMTP server greets first, a TLS one waits for us.
+        """
+        with socket.fromfd(tls.fileno(), tls.family, tls.type) as raw:
+            raw.setblocking(False)
+            try:
+                first = raw.recv(512, socket.MSG_PEEK)
+            except BlockingIOError:  # nothing yet: send our hello, then look at the answer
+                tls.setblocking(False)
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                else:
+                    tls.settimeout(self.wait)
+                    return None
+                raw.settimeout(self.wait)
+                first = raw.recv(512, socket.MSG_PEEK)
+        if first[:1].isdigit():
+            return first
+        tls.settimeout(self.wait)
+        tls.do_handshake()
+        return None
+
+    def _report_certificate(self, sock: ssl.SSLSocket) -> None:
+        if not self.s.verify:
+            self.info("Certificate", f"not verified (SMTP_VERIFY=false); {sock.version()}")
+        else:
+            cert = sock.getpeercert() or {}
+            self.ok("Certificate", f"{_describe(cert)}; {sock.version()}; verified")
+
+    def _certificate_failed(self, exc: ssl.SSLCertVerificationError) -> None:
+        diagnosis = hint(exc, self.s)
+        seen = self._describe_unverified()
+        detail = diagnosis.cause + (f"\nthe server presented: {seen}" if seen else "")
+        self.fail("Certificate", detail, diagnosis.fix)
 
     def ehlo_step(self, conn: smtplib.SMTP) -> None:
         features = conn.esmtp_features
@@ -353,6 +387,8 @@ class _Doctor:
         try:
             mechanism = login(conn, s)
         except (OSError, smtplib.SMTPException) as exc:
+            if not isinstance(exc, smtplib.SMTPResponseException):
+                conn.close()  # the link broke: no QUIT to wait for
             self.fail_hint("Login", hint(exc, s, stage="auth"))
         except DeliveryError as exc:  # no mechanism we support
             self.fail("Login", exc.message, exc.fix)
@@ -384,23 +420,6 @@ class _Doctor:
 
     # -- probes ------------------------------------------------------------------------------
 
-    def _read_banner(self) -> bytes:
-        """Connect again without TLS and read what the server says first (b"" if nothing)."""
-        try:
-            with open_socket(self.s.host or "", self.s.port or 0, self.wait) as sock:
-                return _recv_some(sock, self.wait)
-        except OSError:
-            return b""
-
-    def _speaks_tls(self) -> bool:
-        """Does a TLS handshake succeed right after connecting (implicit TLS)?"""
-        try:
-            with open_socket(self.s.host or "", self.s.port or 0, self.wait) as sock:
-                with _unverified_context().wrap_socket(sock, server_hostname=self.s.host):
-                    return True
-        except OSError:
-            return False
-
     def _describe_unverified(self) -> str | None:
         """Subject and issuer of the certificate the server presents, read without trust."""
         s = self.s
@@ -420,7 +439,7 @@ class _Doctor:
                 assert isinstance(sock, ssl.SSLSocket)
                 der = sock.getpeercert(binary_form=True)
             finally:
-                conn.close()
+                quit_quietly(conn, self.wait)
         except (OSError, smtplib.SMTPException, AssertionError):
             return None
         return _describe(_decode_der(der)) if der else None
@@ -432,21 +451,6 @@ def _unverified_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _recv_some(sock: socket.socket, wait: float) -> bytes:
-    ready, _, _ = select.select([sock], [], [], wait)
-    if not ready:
-        return b""
-    sock.settimeout(wait)
-    return sock.recv(512)
-
-
-def _quit(conn: smtplib.SMTP) -> None:
-    try:
-        conn.quit()
-    except (OSError, smtplib.SMTPException):
-        conn.close()
 
 
 def _printable(data: bytes) -> str:

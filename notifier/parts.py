@@ -155,6 +155,11 @@ def keeps_index(frame: Any) -> bool:
 
 def _existing_file(source: PathLike, what: str) -> Path:
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise MessageError(
+            f"The {what} {str(path)!r} is a folder, not a file.",
+            "attach the files in it one by one, or make a .zip of the folder and attach that",
+        )
     if not path.is_file():
         raise MessageError(f"The {what} {str(path)!r} does not exist.", "check the path")
     return path

@@ -17,10 +17,42 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from notifier.config import Settings, redact
+from notifier.config import Settings, provider_of_host, redact
 from notifier.errors import NotifierError
 
-__all__ = ["Hint", "Reply", "explain", "hint", "is_timeout", "reply_text"]
+__all__ = [
+    "Hint",
+    "ImplicitTLSGreeting",
+    "NoGreeting",
+    "Reply",
+    "ResolverDown",
+    "explain",
+    "hint",
+    "is_timeout",
+    "is_tls_record",
+    "reply_text",
+]
+
+
+class ImplicitTLSGreeting(ConnectionError):
+    """Where the SMTP greeting was expected the server spoke TLS; ``evidence`` says how."""
+
+    def __init__(self, evidence: str) -> None:
+        self.evidence = evidence
+        super().__init__(evidence)
+
+
+class NoGreeting(TimeoutError):
+    """No SMTP greeting within the timeout, and the server did not answer TLS either."""
+
+
+class ResolverDown(socket.gaierror):
+    """A host name did not resolve and well-known names (``checked``) did not either."""
+
+    def __init__(self, original: socket.gaierror, checked: tuple[str, ...]) -> None:
+        super().__init__(original.errno, original.strerror)
+        self.checked = checked
+
 
 Reply = tuple[int, "str | bytes"]
 
@@ -63,6 +95,12 @@ def reply_text(code: int, text: str | bytes) -> str:
         text = text.decode("utf-8", "replace")
     flat = " ".join(text.split())
     return f"{code} {flat}".strip() if code and code > 0 else flat
+
+
+def is_tls_record(data: bytes | str) -> bool:
+    """Do these first bytes from a server start a TLS record (handshake or alert)?"""
+    first = data[:1].encode("latin-1") if isinstance(data, str) else data[:1]
+    return first in (b"\x15", b"\x16")
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -113,6 +151,10 @@ def _diagnose(problem: BaseException | Reply, settings: Settings, stage: str | N
         return _from_reply(int(code), reply_text(int(code), text), settings, stage)
     if isinstance(problem, NotifierError):
         return Hint(problem.message, problem.fix)
+    if isinstance(problem, ImplicitTLSGreeting):
+        return _implicit_tls_spoken(settings, problem.evidence)
+    if isinstance(problem, NoGreeting):
+        return _no_greeting(settings)
     if isinstance(problem, smtplib.SMTPAuthenticationError):
         return _from_reply(
             problem.smtp_code, reply_text(problem.smtp_code, problem.smtp_error), settings, "auth"
@@ -221,6 +263,8 @@ def _from_reply(code: int, text: str, settings: Settings, stage: str | None) -> 
 def _from_greeting(problem: smtplib.SMTPConnectError, settings: Settings) -> Hint:
     code = problem.smtp_code
     text = reply_text(code, problem.smtp_error)
+    if code == -1 and settings.security != "ssl" and is_tls_record(problem.smtp_error):
+        return _implicit_tls_spoken(settings, "sent a TLS record where the greeting was due")
     if code == -1 and settings.security != "ssl":
         return _implicit_tls_expected(settings, f"it sent something that is not SMTP: {text!r}")
     if 400 <= code < 500:
@@ -257,7 +301,31 @@ def _no_starttls(settings: Settings) -> Hint:
     )
 
 
+_OFFLINE_FIX = (
+    "check this machine's network connection (cable or Wi-Fi, VPN, proxy) and DNS: "
+    "`getent hosts {host}` (or `nslookup {host}`) must print an address; then try again"
+)
+
+
 def _from_dns(problem: socket.gaierror, settings: Settings) -> Hint:
+    host = settings.host
+    if isinstance(problem, ResolverDown):
+        return Hint(
+            f"The mail server name {host!r} could not be resolved ({problem.strerror}), and "
+            f"neither could well-known names ({', '.join(problem.checked)}): this machine "
+            "cannot resolve names (no network connection, or no DNS server answers).",
+            _OFFLINE_FIX.format(host=host),
+            transient=True,
+        )
+    provider = provider_of_host(host)
+    if provider is not None and problem.errno != socket.EAI_AGAIN:
+        return Hint(
+            f"The mail server name {host!r} could not be resolved ({problem.strerror}), "
+            f"although it is the right name for {provider}: this machine cannot resolve "
+            "names (no network connection, or no DNS server answers).",
+            _OFFLINE_FIX.format(host=host),
+            transient=True,
+        )
     if problem.errno == socket.EAI_AGAIN:
         return Hint(
             f"DNS lookup of {settings.host} failed temporarily ({problem.strerror}).",
@@ -339,6 +407,29 @@ def _from_timeout(settings: Settings, stage: str | None) -> Hint:
         f"{_where(settings)} stopped answering during {stage or 'the session'} "
         f"(timed out after {waited}).",
         "it is retried; raise SMTP_TIMEOUT if the server is just slow",
+        transient=True,
+    )
+
+
+def _implicit_tls_spoken(settings: Settings, evidence: str) -> Hint:
+    """The server answered in TLS where the greeting was due: a settings error, never retried."""
+    expected = "STARTTLS" if settings.security == "starttls" else "plain SMTP"
+    return Hint(
+        f"{_where(settings)} {evidence}: this port speaks implicit TLS from the first byte, "
+        f"not {expected}.",
+        "set SMTP_SECURITY=ssl (or SMTP_SECURE=true) for this port, or use port 587 with "
+        "SMTP_SECURITY=starttls",
+    )
+
+
+def _no_greeting(settings: Settings) -> Hint:
+    if settings.port == 465:
+        return _implicit_tls_expected(settings, f"sent no greeting within {settings.timeout:g} s")
+    return Hint(
+        f"{_where(settings)} accepted the connection but sent no greeting within "
+        f"{settings.timeout:g} s (nor did it answer a TLS handshake): it is overloaded, or "
+        "this is not a mail server's port.",
+        "check SMTP_HOST and SMTP_PORT; raise SMTP_TIMEOUT for a slow server",
         transient=True,
     )
 

@@ -16,8 +16,9 @@ The server advertises PIPELINING unless ``pipelining=False`` (aiosmtpd does not 
 but real submission servers do). Misbehaviour is described by :class:`Behaviour` (temporary failures for the first N
 attempts, a refused recipient, a connection dropped during DATA or after its final dot, a
 small SIZE).
-Everything the server saw is recorded: ``messages`` (accepted mail), ``counts`` (commands
-and connections), ``logins`` (AUTH attempts: user and whether the password was right).
+Everything the server saw is recorded: ``messages`` (accepted mail), ``counts`` (MAIL, RCPT,
+DATA, AUTH and QUIT commands, and connections), ``logins`` (AUTH attempts: user and whether
+the password was right).
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ class _Handler:
         if self.server.pipelining:  # aiosmtpd reads commands in order, so it copes with it
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_QUIT(self, smtp, session, envelope):  # noqa: N802
+        self.server._count("QUIT")  # a client that just drops the link never gets here
+        return "221 Bye"
 
     async def handle_MAIL(self, smtp, session, envelope, address, mail_options):  # noqa: N802
         self.server._count("MAIL")

@@ -219,3 +219,70 @@ def test_kernels_get_no_credentials() -> None:
         "X": "1",
     }
     assert kernel_environment(env) == {"X": "1"}
+
+
+@pytest.mark.parametrize(
+    ("secure", "security", "expected"),
+    [
+        ("true", "ssl", "ssl"),
+        ("yes", "tls", "ssl"),
+        ("false", "starttls", "starttls"),
+        ("false", "none", "none"),  # both say: no implicit TLS; SMTP_SECURITY is the precise one
+        ("true", "none", None),
+        ("true", "starttls", None),
+        ("false", "ssl", None),
+        ("false", "tls", None),
+        ("maybe", "ssl", None),  # a malformed SMTP_SECURE is an error even next to SMTP_SECURITY
+    ],
+)
+def test_smtp_secure_and_smtp_security_must_agree(
+    secure: str, security: str, expected: str | None
+) -> None:
+    values = {"SMTP_HOST": "h", "SMTP_SECURE": secure, "SMTP_SECURITY": security}
+    if expected is not None:
+        assert parse_settings(values).security == expected
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(values)
+    assert f"SMTP_SECURE={secure!r}" in caught.value.message
+    assert "SMTP_SECURITY" in caught.value.message or "SMTP_SECURITY" in (caught.value.fix or "")
+    assert caught.value.exit_code == 2
+
+
+def test_a_dotenv_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"# settings\nSMTP_HOST=smtp.example.com\nSMTP_FROM=R\xe9ports <r@x.org>\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={}, dotenv_path=dotenv)
+    assert f"{dotenv}:3" in caught.value.message and "UTF-8" in caught.value.message
+    assert "UTF-8" in (caught.value.fix or "")
+
+
+def test_settings_without_smtp_validation_keep_every_other_setting() -> None:
+    values = {
+        "SMTP_HOST": "smtp.example.com",
+        "SMTP_PORT": "abc",
+        "SMTP_USER": "me@example.com",
+        "SMTP_PASSWORD": "a-long-password",
+        "SMTP_FROM": "Reports <reports@example.com>",
+        "NOTIFIER_DB_URL": "sqlite:////srv/ledger.db",
+        "NOTIFIER_TIMEZONE": "Europe/Berlin",
+        "NOTIFIER_WORKERS": "2",
+        "NOTIFIER_MAX_MESSAGE_SIZE": "1048576",
+    }
+    with pytest.raises(ConfigError, match="SMTP_PORT='abc'"):
+        parse_settings(values)
+    settings = parse_settings(values, smtp=False)
+    assert (settings.db_url, settings.timezone, settings.workers) == (
+        "sqlite:////srv/ledger.db",
+        "Europe/Berlin",
+        2,
+    )
+    assert settings.max_message_size == 1048576
+    assert settings.from_address == "Reports <reports@example.com>"
+    assert settings.secrets() == ["a-long-password"]  # still redacted everywhere
+    assert settings.smtp_error is not None and "SMTP_PORT='abc'" in settings.smtp_error.message
+    assert parse_settings({"SMTP_HOST": "h"}, smtp=False).smtp_error is None
+    # the other settings are still checked
+    with pytest.raises(ConfigError, match="NOTIFIER_TIMEZONE"):
+        parse_settings({**values, "NOTIFIER_TIMEZONE": "Mars/Base"}, smtp=False)

@@ -167,11 +167,48 @@ def test_closed_port_is_refused():
 
 
 def test_unknown_host():
-    steps = diagnose(Settings(host="nonexistent.invalid", port=587, timeout=2))
+    # other names resolve ("localhost" stands for them: this machine has no internet)
+    settings = Settings(host="nonexistent.invalid", port=587, timeout=2)
+    steps = diagnose(settings, reference_names=("localhost",))
     step = steps[-1]
     assert (step.name, step.ok) == ("DNS", False)
     assert "nonexistent.invalid" in step.detail and "SMTP_HOST" in step.remedy
     assert len(steps) == 2
+
+
+def test_no_network_is_not_called_a_misspelt_host():
+    settings = Settings(host="smtp.nonexistent.invalid", port=587, timeout=2)
+    step = diagnose(settings, reference_names=("also-missing.invalid",))[-1]
+    assert (step.name, step.ok) == ("DNS", False)
+    assert "this machine cannot resolve names" in step.detail
+    assert "neither could well-known names (also-missing.invalid)" in step.detail
+    assert "getent hosts smtp.nonexistent.invalid" in step.remedy
+    assert "spelling" not in step.remedy
+
+
+# -- one connection, ended with QUIT -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+@pytest.mark.parametrize("password", [PASSWORD, "wrong-password"])
+def test_every_check_uses_one_connection_that_ends_with_quit(smtp_server_factory, mode, password):
+    server = smtp_server_factory(mode, auth={"alice": PASSWORD})
+    steps = diagnose(settings_for(server, password=password))
+
+    assert by_name(steps)["EHLO"].ok
+    assert by_name(steps)["Login"].ok is (password == PASSWORD)
+    assert server.counts["connections"] == 1, "no extra bare TCP connection"
+    assert server.counts["QUIT"] == 1, "the session ends with QUIT, also after a 535"
+
+
+@pytest.mark.parametrize(
+    ("mode", "security"), [("starttls", "ssl"), ("ssl", "starttls"), ("plain", "starttls")]
+)
+def test_a_wrong_tls_mode_is_found_on_the_same_connection(smtp_server_factory, mode, security):
+    server = smtp_server_factory(mode)
+    steps = diagnose(settings_for(server, security=security, timeout=1))
+    assert steps[-1].ok is False
+    assert server.counts["connections"] == 1
 
 
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])

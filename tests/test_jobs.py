@@ -306,6 +306,7 @@ def test_get_unknown_job_lists_known_names(project):
     assert "Did you mean 'daily-sales'?" in text
     assert "Known jobs: daily-sales, disk.alert_1, year-end" in text
     assert info.value.fix
+    assert info.value.exit_code == 2  # a wrong name on the command line is bad input
 
 
 def test_empty_jobs_list_is_valid(project):
@@ -809,3 +810,59 @@ def test_a_misspelled_required_key_is_one_error_not_two(project: Path) -> None:
     assert (
         ":4: job 'daily-sales', field 'shedule': unknown key (did you mean 'schedule'?)" in problem
     )
+
+
+# -- files that would take minutes or crash the loader --------------------------------------
+
+
+def test_yaml_aliases_are_refused_with_their_line(project):
+    path = write(
+        project,
+        """
+        x-shared: &shared
+          notebook: notebooks/sales.ipynb
+          schedule: "@daily"
+        jobs:
+          - name: a
+            <<: *shared
+        """,
+    )
+    assert only_problem(path) == (
+        f"{path}:6: YAML aliases (*shared) are not supported in jobs.yaml; write the values "
+        "out (settings shared by all jobs go under 'defaults:')"
+    )
+
+
+@pytest.mark.timeout(20)  # before the fix: 42 s and 1.2 GB for a smaller file than this
+def test_an_alias_bomb_is_refused_before_it_expands(project):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = project / "jobs.yaml"
+    path.write_text("\n".join(lines) + "\njobs: *a8\n")
+    assert path.stat().st_size < 500
+    assert only_problem(path).startswith(f"{path}:2: YAML aliases (*a0) are not supported")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("jobs: " + "[" * 5000 + "]" * 5000, ":1: nested more than 64 levels deep"),
+        ("jobs: " + "[" * 200 + "]" * 200, ":1: nested more than 64 levels deep"),
+        ("jobs:\n  - name: " + "1" * 50_000, ":2: an unquoted number of 50,000 characters"),
+        # a base-60 integer: building it takes quadratic time (minutes for 1 MB)
+        ("jobs:\n  - name: 1:" + ":".join(["1"] * 300_000), ":2: an unquoted number of 600,"),
+        ("jobs:\n  - name: a\n    schedule: {at: 2026-02-30}\n", ":3: cannot read '2026-02-30'"),
+    ],
+    ids=["deeper-than-libyaml", "deep", "long-number", "base-60", "impossible-date"],
+)
+def test_pathological_yaml_is_one_error_with_its_line(project, text, expected):
+    path = project / "jobs.yaml"
+    path.write_text(text)
+    assert only_problem(path).startswith(f"{path}{expected}")
+
+
+def test_a_jobs_file_over_1_mb_is_refused(project):
+    path = project / "jobs.yaml"
+    path.write_text("jobs: []\n" + "#" * 1024 * 1024)
+    assert only_problem(path).startswith(f"{path}: larger than 1 MB (1,048,576 bytes)")

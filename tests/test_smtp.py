@@ -625,12 +625,24 @@ def test_rate_per_day_state_that_cannot_be_written_is_a_result(smtp_server, tmp_
 # -- unreachable servers -----------------------------------------------------------------------
 
 
-def test_unknown_host_is_a_result_not_an_exception():
+def test_unknown_host_is_a_result_not_an_exception(monkeypatch):
+    # other names resolve (this machine has DNS): the name itself is wrong
+    monkeypatch.setattr("notifier.transport.smtp.REFERENCE_NAMES", ("localhost",))
     settings = Settings(host="nonexistent.invalid", port=587, timeout=2, retries=3)
     results = transport(settings).send([make(1), make(2)])
     for result in results:
         assert "could not be resolved" in result.error and "SMTP_HOST" in result.error
     assert results[0].attempts == 1  # a misspelt host is not retried
+
+
+def test_a_host_that_does_not_resolve_while_no_name_does_means_no_network(monkeypatch):
+    monkeypatch.setattr("notifier.transport.smtp.REFERENCE_NAMES", ("also-missing.invalid",))
+    settings = Settings(host="nonexistent.invalid", port=587, timeout=2, retries=0)
+    [result] = transport(settings).send([make(1)])
+    assert "this machine cannot resolve names" in result.error
+    assert "neither could well-known names (also-missing.invalid)" in result.error
+    assert "getent hosts nonexistent.invalid" in result.error
+    assert "spelling" not in result.error
 
 
 def test_refused_connection_is_retried_then_reported():
@@ -657,3 +669,71 @@ def test_header_injection_in_envelope_address_is_refused(smtp_server: SMTPTestSe
     [result] = transport(settings_for(smtp_server)).send([bad])
     assert "not a valid envelope address" in result.error
     assert smtp_server.counts["MAIL"] == 0
+
+
+# -- the session setup: wrong TLS mode, failed login -------------------------------------------
+
+
+def test_starttls_against_an_implicit_tls_port_fails_at_once(smtp_server_factory):
+    # Before: four connections, each waiting out the greeting timeout (2 min with defaults).
+    server = smtp_server_factory("ssl")
+    settings = settings_for(server, security="starttls", timeout=1.0, retries=3)
+    first, second = transport(settings).send([make(1), make(2)])
+
+    assert first.attempts == 1
+    assert "completed a TLS handshake" in first.error and "implicit TLS" in first.error
+    assert "SMTP_SECURITY=ssl" in first.error
+    assert second.error == first.error and second.attempts == 0  # no second wait either
+    assert server.counts["connections"] == 1
+
+
+class _TLSFirstServer:
+    """Answers every connection with a TLS alert record instead of an SMTP greeting."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.sendall(b"\x15\x03\x03\x00\x02\x02\x46")  # alert: protocol_version
+            time.sleep(0.2)
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_tls_record_instead_of_the_greeting_fails_at_once():
+    server = _TLSFirstServer()
+    try:
+        settings = Settings(host="127.0.0.1", port=server.port, security="none", retries=3)
+        [result] = transport(settings).send([make()])
+    finally:
+        server.close()
+    assert result.attempts == 1 and server.accepted == 1
+    assert "sent a TLS record" in result.error and "SMTP_SECURITY=ssl" in result.error
+
+
+def test_a_failed_login_ends_the_session_with_quit(smtp_server_factory):
+    server = smtp_server_factory("starttls", auth={"alice": "the-real-one"})
+    [result] = transport(settings_for(server, password=PASSWORD)).send([make()])
+
+    assert "535" in result.error
+    assert server.counts["connections"] == 1 and server.counts["QUIT"] == 1
+
+
+def test_a_missing_starttls_ends_the_session_with_quit(smtp_server_factory):
+    server = smtp_server_factory("plain")
+    [result] = transport(settings_for(server, security="starttls")).send([make()])
+
+    assert "does not offer STARTTLS" in result.error
+    assert server.counts["QUIT"] == 1

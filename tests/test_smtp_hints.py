@@ -125,3 +125,52 @@ def test_transient_classification():
     assert hint((451, "4.3.0 later"), settings()).transient
     assert not hint((550, "5.1.1 unknown"), settings(), stage="rcpt").transient
     assert hint(TimeoutError(), settings(), stage="data").transient
+
+
+def test_a_provider_host_that_does_not_resolve_means_no_network_not_a_typo():
+    dns = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    for preset in (
+        settings(host="smtp.gmail.com", port=587, provider="gmail"),
+        settings(host="smtp.mail.yahoo.com", port=465, security="ssl"),  # no SMTP_PROVIDER
+    ):
+        diagnosis = hint(dns, preset, stage="connect")
+        assert "cannot resolve names" in diagnosis.cause and preset.host in diagnosis.cause
+        assert "spelling" not in str(diagnosis)
+        assert f"getent hosts {preset.host}" in diagnosis.fix and diagnosis.transient
+
+
+def test_a_name_that_does_not_resolve_while_others_fail_too_means_no_network():
+    from notifier.smtp_hints import ResolverDown
+
+    dns = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    down = ResolverDown(dns, ("smtp.gmail.com", "example.com"))
+    diagnosis = hint(down, settings(host="mail.corp.example"), stage="connect")
+    assert "'mail.corp.example' could not be resolved" in diagnosis.cause
+    assert "neither could well-known names (smtp.gmail.com, example.com)" in diagnosis.cause
+    assert "cannot resolve names" in diagnosis.cause and "spelling" not in str(diagnosis)
+    assert "getent hosts mail.corp.example" in diagnosis.fix
+
+
+@pytest.mark.parametrize("port", [465, 2465])
+def test_tls_where_the_greeting_was_due_is_a_settings_error_never_retried(port):
+    from notifier.smtp_hints import ImplicitTLSGreeting
+
+    s = settings(port=port, security="none" if port == 465 else "starttls")
+    record = smtplib.SMTPConnectError(-1, b"\x15\x03\x03\x00\x02\x02\x16")
+    handshake = ImplicitTLSGreeting("sent no SMTP greeting in 30 s but completed a TLS handshake")
+    for problem in (record, handshake):
+        diagnosis = hint(problem, s, stage="greeting")
+        assert "implicit TLS" in diagnosis.cause and "SMTP_SECURITY=ssl" in diagnosis.fix
+        assert not diagnosis.transient
+
+
+def test_silence_without_tls_is_retried_except_on_465():
+    from notifier.smtp_hints import NoGreeting
+
+    silent = NoGreeting("timed out")
+    assert is_timeout(silent)
+    elsewhere = hint(silent, settings(port=2525, timeout=3), stage="greeting")
+    assert "no greeting within 3 s" in elsewhere.cause and "SMTP_TIMEOUT" in elsewhere.fix
+    assert elsewhere.transient
+    on_465 = hint(silent, settings(port=465, security="none"), stage="greeting")
+    assert "port 465 expects implicit TLS" in on_465.cause and not on_465.transient

@@ -8,17 +8,20 @@ from pathlib import Path
 from notifier.config import Settings
 
 _outbox_notice_shown = False
+_unverified_warning_shown = False
 
 
-def settings_from_env() -> Settings:
+def settings_from_env(*, smtp: bool = True) -> Settings:
     """Settings from the environment and the project's .env (ConfigError reaches the CLI).
 
     The project is the nearest folder at or above the current one holding jobs.yaml,
     .env or pyproject.toml, as for notebooks; relative paths are anchored there.
+    ``smtp=False`` is for commands that never talk to the mail server (``list``,
+    ``history``, ``send --dry-run``): a bad SMTP_* value does not stop them.
     """
-    from notifier.interactive import project_settings
+    from notifier.interactive import project_root
 
-    return project_settings()
+    return _project_settings(project_root(), smtp=smtp)
 
 
 def resolve_jobs_file(name: str) -> Path:
@@ -33,13 +36,54 @@ def resolve_jobs_file(name: str) -> Path:
     return path
 
 
-def settings_for_jobs(jobs_file: Path) -> Settings:
-    """Settings of the project that holds ``jobs_file`` (its .env, ledger and outbox)."""
-    from notifier.interactive import project_root, project_settings
+def settings_for_jobs(jobs_file: Path, *, smtp: bool = True) -> Settings:
+    """Settings of the project that holds ``jobs_file`` (its .env, ledger and outbox).
+
+    ``smtp=False``: as for :func:`settings_from_env`.
+    """
+    from notifier.interactive import project_root
 
     if jobs_file.exists():
-        return project_settings(project_root(jobs_file.resolve().parent))
-    return settings_from_env()
+        return _project_settings(project_root(jobs_file.resolve().parent), smtp=smtp)
+    return settings_from_env(smtp=smtp)
+
+
+def _project_settings(root: Path, *, smtp: bool) -> Settings:
+    from notifier.config import load_settings
+    from notifier.interactive import _anchored_sqlite_url, project_settings
+
+    if smtp:
+        settings = project_settings(root)
+    else:  # as project_settings does, without checking the SMTP settings
+        settings = load_settings(dotenv_path=root / ".env", smtp=False)
+        anchored: dict[str, object] = {
+            name: root / getattr(settings, name)
+            for name in ("outbox_dir", "runs_dir")
+            if not getattr(settings, name).is_absolute()
+        }
+        database_url = _anchored_sqlite_url(settings.db_url, root)
+        if database_url is not None:
+            anchored["db_url"] = database_url
+        return settings.with_overrides(**anchored)
+    warn_if_unverified(settings)  # these settings are for a command that connects
+    return settings
+
+
+def warn_if_unverified(settings: Settings) -> None:
+    """Say once per process, on stderr, that TLS certificates will not be verified.
+
+    The transport logs this too, but one-shot commands silence the SMTP logger.
+    """
+    global _unverified_warning_shown
+    if _unverified_warning_shown or settings.verify or settings.uses_outbox:
+        return
+    _unverified_warning_shown = True
+    print(
+        f"warning: TLS certificate verification is OFF (SMTP_VERIFY=false) for "
+        f"{settings.host}: anyone on the network path can read the password and the mail. "
+        "Set SMTP_CA_FILE to your server's CA instead.",
+        file=sys.stderr,
+    )
 
 
 def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:

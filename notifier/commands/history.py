@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("job", nargs="?", help="only this job (or notebook path)")
     parser.add_argument("--failed", action="store_true", help="only failed or interrupted runs")
-    parser.add_argument("--limit", type=int, default=20, metavar="N")
+    parser.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--jobs", default="jobs.yaml", metavar="FILE", help="for each job's time zone"
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1.", "e.g. --limit 20")
     jobs_path = resolve_jobs_file(args.jobs)
-    settings = settings_for_jobs(jobs_path)
+    settings = settings_for_jobs(jobs_path, smtp=False)  # reads the ledger, never sends
     zones = _job_zones(jobs_path)
     try:
         ledger = Ledger(settings.db_url, create=False)

@@ -8,7 +8,15 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `list` command (jobs with next run and last outcome)."""
-    parser = subparsers.add_parser("list", help="jobs with their next run and last outcome")
+    parser = subparsers.add_parser(
+        "list",
+        help="jobs with their next run and last outcome",
+        description=(
+            "List the jobs of JOBS_FILE (default: jobs.yaml in the project folder) with their "
+            "schedule, next run and the outcome of their last run from the ledger. "
+            "Needs no SMTP settings."
+        ),
+    )
     parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=run)
@@ -22,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = resolve_jobs_file(args.jobs_file)
     jobs_file = load_jobs(path)
-    settings = settings_for_jobs(path)
+    settings = settings_for_jobs(path, smtp=False)  # never sends
     try:
         ledger: Ledger | None = Ledger(settings.db_url, create=False)
     except NoLedgerYet:  # nothing ran yet: list the jobs without creating a ledger

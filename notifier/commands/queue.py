@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("Retry needs an ID or --all (not both).", "e.g. notifier queue retry 12")
     if args.action == "drop" and args.id is None:
         raise UsageError("Drop needs the ID of a message.", "e.g. notifier queue drop 12")
-    settings = settings_for_jobs(resolve_jobs_file(args.jobs))
+    # listing and dropping never send; a retry does, so it needs valid SMTP settings
+    settings = settings_for_jobs(resolve_jobs_file(args.jobs), smtp=args.action == "retry")
     try:
         ledger = Ledger(settings.db_url, create=args.action != "list")
     except NoLedgerYet as none:

@@ -98,7 +98,7 @@ def _notebook_job(args: argparse.Namespace, target: Path) -> tuple:
     from notifier.runs.path import adhoc_job
 
     load_notebook_json(target)  # a missing or broken notebook: one clear error, exit 2
-    settings = settings_from_env()
+    settings = settings_from_env(smtp=not args.dry_run)
     root = project_root()
     resolved = target.resolve()
     try:
@@ -154,7 +154,8 @@ def _jobs_file_job(args: argparse.Namespace) -> tuple:
         overrides["timeout_seconds"] = args.timeout
     if args.cell_timeout:
         overrides["cell_timeout_seconds"] = args.cell_timeout
-    return (replace(job, **overrides) if overrides else job), settings_for_jobs(jobs_path)
+    settings = settings_for_jobs(jobs_path, smtp=not args.dry_run)
+    return (replace(job, **overrides) if overrides else job), settings
 
 
 def _report(result) -> int:  # noqa: ANN001 - RunResult, imported lazily

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from notifier.errors import UsageError
@@ -33,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise UsageError(
+            f"The {what} {str(path)!r} is a folder, not a file.", "pass the path of a file"
+        )
     if not path.is_file():
         raise UsageError(f"The {what} {str(path)!r} does not exist.", "check the path")
     try:
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from notifier.parts import attachment_part
     from notifier.transport import transport_for
 
-    settings = settings_from_env()
+    # --dry-run never talks to the server, so a bad SMTP setting must not stop it.
+    settings = settings_from_env(smtp=not args.dry_run)
     mail = Email(
         subject=args.subject,
         to=args.to,
@@ -68,5 +74,11 @@ def run(args: argparse.Namespace) -> int:
         mail, default_sender=settings.from_address, max_size=settings.max_message_size
     )
     announce_outbox(settings, dry_run=args.dry_run)
+    if settings.smtp_error is not None:
+        print(
+            f"note: the SMTP settings are not usable ({settings.smtp_error.message}); "
+            "--dry-run does not need them, sending for real will stop until they are fixed.",
+            file=sys.stderr,
+        )
     results = transport_for(settings, dry_run=args.dry_run).send([outgoing])
     return 0 if print_results(results) else 1

@@ -54,7 +54,14 @@ from pathlib import Path
 
 from notifier.config import Settings, redact
 from notifier.errors import DeliveryError
-from notifier.smtp_hints import Hint, hint
+from notifier.smtp_hints import (
+    Hint,
+    ImplicitTLSGreeting,
+    NoGreeting,
+    ResolverDown,
+    hint,
+    is_tls_record,
+)
 from notifier.transport.base import (
     DataRefused,
     Outgoing,
@@ -79,9 +86,11 @@ __all__ = [
     "greet",
     "local_hostname",
     "login",
+    "names_resolve",
     "open_session",
     "open_socket",
     "plaintext_auth_error",
+    "quit_quietly",
     "resolve",
     "tls_context",
 ]
@@ -150,6 +159,40 @@ def open_socket(
     raise last or socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
 
 
+# Names that resolve wherever DNS works: when SMTP_HOST does not resolve and these do not
+# either, the machine is offline (tests point this at names that cannot resolve).
+REFERENCE_NAMES: tuple[str, ...] = ("smtp.gmail.com", "example.com")
+
+
+def names_resolve(names: Sequence[str] | None = None, timeout: float = 5.0) -> bool:
+    """True when any of ``names`` (default :data:`REFERENCE_NAMES`) resolves: DNS works."""
+    for name in REFERENCE_NAMES if names is None else names:
+        try:
+            resolve(name, 25, timeout)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def check_resolver(
+    error: socket.gaierror, host: str, timeout: float, names: Sequence[str] | None = None
+) -> socket.gaierror:
+    """``error`` as :class:`ResolverDown` when other names fail too, else unchanged.
+
+    Not needed for a provider's documented host (its hint already says "no network") nor
+    for a temporary failure (EAI_AGAIN, whose hint says to check the network).
+    """
+    from notifier.config import provider_of_host
+
+    if error.errno == socket.EAI_AGAIN or provider_of_host(host) is not None:
+        return error
+    checked = tuple(REFERENCE_NAMES if names is None else names)
+    if names_resolve(checked, min(timeout, 5.0)):
+        return error
+    return ResolverDown(error, checked)
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext:
     """A client context that verifies the server (system CAs, or ``SMTP_CA_FILE``).
 
@@ -174,38 +217,113 @@ class _ConnectMixin:
 
     ``connect`` remembers the host (for TLS SNI and the certificate check) and
     ``_get_socket`` opens the TCP connection through :func:`open_socket` (DNS deadline,
-    TCP_NODELAY), then lets :meth:`_wrap` secure it, keeping ``stage`` up to date so a
-    failure can be explained: ``connect``, ``tls``, then ``greeting``.
+    TCP_NODELAY), or takes the one given, then lets :meth:`_wrap` secure it, keeping
+    ``stage`` up to date so a failure can be explained: ``connect``, ``tls``, then
+    ``greeting``. On a link that is not TLS yet, the server's first bytes are checked
+    before smtplib reads them as a greeting (:func:`_await_greeting`).
     """
 
     stage = "connect"
     _host: str
+    _given: socket.socket | None = None
     source_address: tuple[str, int] | None
 
     def connect(
-        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
+        self,
+        host: str = "localhost",
+        port: int = 0,
+        source_address: tuple[str, int] | None = None,
+        *,
+        sock: socket.socket | None = None,
     ) -> tuple[int, bytes]:
         """Connect to ``host:port`` and read the greeting; ``(code, text)`` as smtplib returns.
 
-        Raises ``OSError`` (DNS, refused, timeout, TLS) or ``smtplib.SMTPServerDisconnected``.
+        ``sock``: an already connected socket (plain, or TLS for implicit TLS) to use instead
+        of opening one; ``doctor`` checks TCP, TLS and SMTP over one connection this way.
+        Raises ``OSError`` (DNS, refused, timeout, TLS, :class:`ImplicitTLSGreeting`,
+        :class:`NoGreeting`) or ``smtplib.SMTPServerDisconnected``.
         """
         self._host = host  # smtplib only sets this when the host is given to __init__
-        return super().connect(host, port, source_address)  # type: ignore[misc]
+        self._given = sock
+        try:
+            return super().connect(host, port, source_address)  # type: ignore[misc]
+        finally:
+            self._given = None
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         self.stage = "connect"
-        sock = open_socket(host, port, timeout, self.source_address)
+        sock = self._given or open_socket(host, port, timeout, self.source_address)
         try:
             sock = self._wrap(sock)
+            self.stage = "greeting"
+            if not isinstance(sock, ssl.SSLSocket):
+                _await_greeting(sock, host, timeout)
         except BaseException:
             sock.close()
             raise
-        self.stage = "greeting"
         return sock
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
         """Secure a freshly connected socket before the greeting (nothing to do for plain SMTP)."""
         return sock
+
+
+def _await_greeting(sock: socket.socket, host: str, timeout: float) -> None:
+    """Wait for the server's first bytes; raise when they will not be an SMTP greeting.
+
+    An implicit-TLS server waits silently for the client's handshake, so a STARTTLS or
+    plain client would wait out the timeout, and again on every retry. After a silent
+    timeout one TLS handshake on this (now useless) connection tells a TLS port
+    (:class:`ImplicitTLSGreeting`, never retried) from a slow server (:class:`NoGreeting`).
+    A TLS record where the greeting was due (an alert) is the same settings error.
+    """
+    sock.settimeout(timeout)
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)  # smtplib reads the greeting itself afterwards
+    except TimeoutError:
+        if _handshake_succeeds(sock, host, min(timeout / 2, 5.0)):
+            raise ImplicitTLSGreeting(
+                f"sent no SMTP greeting within {timeout:g} s but completed a TLS handshake"
+            ) from None
+        raise NoGreeting(f"timed out: no greeting within {timeout:g} s") from None
+    if is_tls_record(first):
+        raise ImplicitTLSGreeting("sent a TLS record where the greeting was due")
+
+
+def _handshake_succeeds(sock: socket.socket, host: str, timeout: float) -> bool:
+    """Does the server complete a TLS handshake (certificate not checked: a probe only)?"""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock.settimeout(timeout)
+    try:
+        with context.wrap_socket(sock, server_hostname=host or None):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def quit_quietly(conn: smtplib.SMTP, wait: float) -> None:
+    """Say QUIT (waiting at most ``wait`` seconds for the reply), then close; never raises.
+
+    A server logs a client that just drops the link as an error ("lost connection after
+    AUTH"); QUIT ends the session cleanly.
+    """
+    try:
+        if conn.sock is not None:
+            conn.sock.settimeout(wait)
+            conn.quit()
+    except (OSError, smtplib.SMTPException):
+        pass
+    finally:
+        conn.close()
+
+
+def _session_in_step(exc: BaseException) -> bool:
+    """After this failure, is the SMTP dialogue still in step (the server answered)?"""
+    if isinstance(exc, (DeliveryError, smtplib.SMTPNotSupportedError)):
+        return True
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 100
 
 
 class SMTPConnection(_ConnectMixin, smtplib.SMTP):
@@ -331,8 +449,13 @@ def open_session(
             login(conn, settings)
     except (OSError, smtplib.SMTPException, DeliveryError) as exc:
         stage = conn.stage
+        if _session_in_step(exc):  # e.g. 535: end the session, do not just drop the link
+            quit_quietly(conn, min(settings.timeout, 5.0))
         conn.close()
-        raise SessionError(stage, exc, hint(exc, settings, stage=stage)) from None
+        problem: BaseException = exc
+        if isinstance(exc, socket.gaierror) and stage == "connect":
+            problem = check_resolver(exc, settings.host, settings.timeout)
+        raise SessionError(stage, problem, hint(problem, settings, stage=stage)) from None
     return conn
 
 
