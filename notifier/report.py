@@ -31,7 +31,7 @@ from typing import Any
 
 from notifier.message import Email, InlineImage, new_cid
 from notifier.parts import Part, attachment_part, image_part
-from notifier.tables import dataframe_html
+from notifier.tables import FloatFormat, dataframe_html
 
 EMAIL_MIME = "application/vnd.notifier.email+json"
 SKIP_MIME = "application/vnd.notifier.skip+json"
@@ -115,9 +115,15 @@ class ReportEmail:
         *,
         max_rows: int = 200,
         index: bool | None = None,
-        float_format: str = ",.2f",
+        float_format: FloatFormat = None,
     ) -> None:
-        """Append a pandas DataFrame (or Series) as an inline-styled HTML table."""
+        """Append a pandas DataFrame (or Series) as an inline-styled HTML table.
+
+        Numbers get their column's natural format: integers (and integer-valued floats)
+        without decimals, other floats with as few decimals as they need (at most 2).
+        ``float_format=",.2f"`` sets every float column; a mapping sets named columns,
+        e.g. ``float_format={"revenue": ",.0f", "share": ".1%"}``.
+        """
         markup = dataframe_html(
             frame, caption, max_rows=max_rows, index=index, float_format=float_format
         )
