@@ -7,13 +7,23 @@ from pathlib import Path
 from notifier.config import redact
 
 
-def render_html(notebook_path: Path, html_path: Path) -> Path:
-    """Write an HTML rendering of ``notebook_path`` (nbconvert's lab template)."""
+def render_html(notebook_path: Path, html_path: Path, *, hide_code: bool = False) -> Path:
+    """Write an HTML rendering of ``notebook_path`` (nbconvert's lab template).
+
+    ``hide_code=True`` leaves out every code cell's input and the In/Out prompts: the
+    reader sees the markdown and the outputs (tables, charts, the emails' previews).
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
     notebook = nbformat.read(notebook_path, as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    exporter = HTMLExporter(
+        template_name="lab",
+        exclude_input=hide_code,
+        exclude_input_prompt=hide_code,
+        exclude_output_prompt=hide_code,
+    )
+    body, _ = exporter.from_notebook_node(notebook)
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
