@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,12 +61,47 @@ def _anchored_sqlite_url(url: str, root: Path) -> str | None:
     return parsed.set(database=str(root / database)).render_as_string(hide_password=False)
 
 
+def default_recipients() -> dict[str, list[str]] | None:
+    """The run's recipients for emails that name none (``NOTIFIER_DEFAULT_RECIPIENTS``).
+
+    The runner sets the variable for the kernel as JSON ``{"to": [], "cc": [], "bcc": []}``;
+    None when it is unset, empty or not in that shape (the preview then says the job decides).
+    """
+    from notifier.report import DEFAULT_RECIPIENTS_ENV
+
+    raw = os.environ.get(DEFAULT_RECIPIENTS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    found: dict[str, list[str]] = {}
+    for field in ("to", "cc", "bcc"):
+        value = data.get(field) or []
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            return None
+        found[field] = [a for a in value if a.strip()]
+    return found if any(found.values()) else None
+
+
 def preview(mail: Email, *, budget: int | None = None) -> str:
-    """HTML preview of ``mail`` as it would be sent (placeholder when recipients come later)."""
+    """HTML preview of ``mail`` as it would be sent.
+
+    An email that names no recipients shows the run's (``NOTIFIER_DEFAULT_RECIPIENTS``),
+    else a placeholder saying the job's recipients are used.
+    """
     overrides = {}
     if not (mail.to or mail.cc or mail.bcc):
-        mail = replace(mail, to=[PLACEHOLDER_RECIPIENT])
-        overrides["To"] = "(the job's recipients, from jobs.yaml or --to)"
+        defaults = default_recipients()
+        if defaults is not None:
+            mail = replace(mail, **defaults)
+        else:
+            mail = replace(mail, to=[PLACEHOLDER_RECIPIENT])
+            overrides["To"] = "(the job's recipients, from jobs.yaml or --to)"
     sender = _preview_sender()
     outgoing = compose(mail, default_sender=sender)
     return render_preview(

@@ -38,6 +38,9 @@ SKIP_MIME = "application/vnd.notifier.skip+json"
 PARTS_DIR_ENV = "NOTIFIER_PARTS_DIR"
 RUN_ID_ENV = "NOTIFIER_RUN_ID"
 FROM_ENV = "NOTIFIER_FROM"
+# JSON {"to": [...], "cc": [...], "bcc": [...]}: the run's recipients for emails that name
+# none, set by the runner so the preview (and the archive) shows who gets them.
+DEFAULT_RECIPIENTS_ENV = "NOTIFIER_DEFAULT_RECIPIENTS"
 FORMAT_VERSION = 1
 # Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
 PREVIEW_IMAGE_BUDGET = 4 * 1024 * 1024
@@ -244,7 +247,13 @@ class ReportEmail:
         return self._summary()
 
     def _summary(self) -> str:
-        recipients = ", ".join(self.to + self.cc) or "(the job's recipients)"
+        recipients = ", ".join(self.to + self.cc)
+        if not (recipients or self.bcc):
+            from notifier.interactive import default_recipients
+
+            defaults = default_recipients()
+            shown = [*defaults["to"], *defaults["cc"]] if defaults else []
+            recipients = ", ".join(shown) or "(the job's recipients)"
         return (
             f"<ReportEmail {self.subject!r} to {recipients}: {len(self._blocks)} blocks, "
             f"{len(self._images)} images, {len(self._attachments)} attachments>"
