@@ -88,6 +88,7 @@ class ReportEmail:
         self._attachments: list[Part] = []
         self._revision = 0
         self._display: Any = None
+        self._shown_in: int | None = None  # the cell (execution count) that last showed it
 
     # -- content ---------------------------------------------------------------------------
     def markdown(self, text: str) -> None:
@@ -194,8 +195,10 @@ class ReportEmail:
     def send_test(self, address: str | Iterable[str]) -> list[Any]:
         """Send this email now to ``address`` only, with the ``.env`` settings.
 
-        Without SMTP settings it goes to the outbox. During scheduled runs this does
-        nothing: the runner sends the real email.
+        Without SMTP settings it goes to the outbox. Prints one line per recipient and
+        returns the results; raises :class:`~notifier.interactive.SendTestError` (cause
+        and fix) when an address is refused or the server cannot be reached. During
+        scheduled runs this does nothing: the runner sends the real email.
         """
         if in_scheduled_run():
             print("send_test() does nothing during scheduled runs; the runner sends the email.")
@@ -242,6 +245,20 @@ class ReportEmail:
             "text/html": preview_markup,
             EMAIL_MIME: self.to_bundle(),
         }
+
+    def _ipython_display_(self) -> None:
+        """As a cell's result: nothing more when this cell already shows the email.
+
+        The email shows itself (and updates in place) from the cell that creates it, so
+        ``email`` as the last line of that cell would show it twice. In a later cell it
+        shows again, as one more view of the same display that later changes update too.
+        """
+        shell = _shell()
+        if shell is None:
+            return
+        if self._display is not None and self._shown_in == shell.execution_count:
+            return
+        _publish(self, new_view=True)
 
     def __repr__(self) -> str:
         return self._summary()
@@ -292,19 +309,33 @@ def _part_entry(part: Part, parts_dir: str | None) -> dict[str, Any]:
     return entry
 
 
-def _publish(mail: ReportEmail) -> None:
-    """Show the email (first change) or update its output in place (later changes)."""
+def _shell() -> Any:
+    """The running IPython shell, or None (plain Python)."""
     try:
         from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # plain Python: nothing to show
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _publish(mail: ReportEmail, *, new_view: bool = False) -> None:
+    """Show the email (first change) or update its output in place (later changes).
+
+    The bundle is published raw: ``display(mail)`` would go through ``_ipython_display_``.
+    """
+    shell = _shell()
+    if shell is None:
         return
-    if get_ipython() is None:
-        return
+    from IPython.display import display
+
+    bundle = mail._repr_mimebundle_()
     if mail._display is None:
-        object.__setattr__(mail, "_display", display(mail, display_id=True))
+        object.__setattr__(mail, "_display", display(bundle, raw=True, display_id=True))
+    elif new_view:
+        display(bundle, raw=True, display_id=mail._display.display_id)
     else:
-        mail._display.update(mail)
+        mail._display.update(bundle, raw=True)
+    object.__setattr__(mail, "_shown_in", shell.execution_count)
 
 
 def email(

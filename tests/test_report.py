@@ -716,3 +716,59 @@ def test_unusable_default_recipients_fall_back_to_the_placeholder(project, monke
     monkeypatch.setenv(report.DEFAULT_RECIPIENTS_ENV, value)
     mail = report.email("For the job")
     assert "(the job&#x27;s recipients, from jobs.yaml or --to)" in mail.preview_html()
+
+
+# -- send_test: one line per recipient, one clear error ----------------------------------------
+
+
+def smtp_env(project: Path, server) -> None:
+    (project / ".env").write_text(
+        f"SMTP_HOST=127.0.0.1\nSMTP_PORT={server.port}\nSMTP_SECURITY=none\n"
+        "SMTP_FROM=reports@example.com\nSMTP_TIMEOUT=5\nSMTP_RETRIES=0\n",
+        encoding="utf-8",
+    )
+
+
+def test_send_test_prints_one_line_per_recipient_and_returns_the_same(project, smtp_server, capsys):
+    smtp_env(project, smtp_server)
+    mail = report.email("Hello", to="real@example.com")
+    mail.text("x")
+    results = mail.send_test(["me@example.com", "you@example.com"])
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert printed.out.splitlines() == [
+        "accepted: me@example.com via smtp (250 2.0.0 OK: queued)",
+        "accepted: you@example.com via smtp (250 2.0.0 OK: queued)",
+    ]
+    assert repr(results) == printed.out.strip()  # the cell's result: the same lines, compact
+    assert results.ok and results[0].ok and len(results) == 1
+    assert smtp_server.delivered_to("me@example.com") == 1
+
+
+def test_send_test_refused_address_raises_one_error_with_the_fix(
+    project, smtp_server_factory, capsys
+):
+    from smtp_server import Behaviour
+
+    from notifier.errors import DeliveryError
+    from notifier.interactive import SendTestError
+
+    server = smtp_server_factory("plain", behaviour=Behaviour(refuse=["bad@example.com"]))
+    smtp_env(project, server)
+    mail = report.email("Hello", to="real@example.com")
+    mail.text("x")
+    with pytest.raises(SendTestError) as raised:
+        mail.send_test(["me@example.com", "bad@example.com"])
+    error = raised.value
+    assert isinstance(error, DeliveryError)
+    assert error.message == (
+        "The test email was not delivered: bad@example.com was refused (550 5.1.1 "
+        "<bad@example.com>: Recipient address rejected: User unknown). "
+        "It was accepted for me@example.com."
+    )
+    assert error.fix == "check the recipient address"
+    assert error._render_traceback_() == [
+        f"SendTestError: {error.message}",
+        "  fix: check the recipient address",
+    ]
+    assert capsys.readouterr() == ("", "")  # said once, by the exception: no log line, no print
