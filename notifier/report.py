@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html as html_lib
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -354,6 +355,15 @@ def email(
     mail = ReportEmail(subject, to=to, cc=cc, bcc=bcc, reply_to=reply_to, sender=sender)
     mail._changed()
     return mail
+
+
+def default_recipients_environment(
+    to: Iterable[str] = (), cc: Iterable[str] = (), bcc: Iterable[str] = ()
+) -> dict[str, str]:
+    """The variable the runner sets for the kernel: the run's recipients for emails that
+    name none, so their previews (and the archived output) show who gets them."""
+    value = {"to": list(to), "cc": list(cc), "bcc": list(bcc)}
+    return {DEFAULT_RECIPIENTS_ENV: json.dumps(value, ensure_ascii=False)}
 
 
 def skip(reason: str) -> None:

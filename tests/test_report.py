@@ -12,7 +12,6 @@ import email.policy
 import hashlib
 import html
 import io
-import json
 import re
 import typing
 from email.message import EmailMessage
@@ -691,12 +690,15 @@ def test_preview_header_cells_set_the_styles_a_host_page_would_change(project):
 
 
 def test_preview_of_an_email_without_recipients_shows_the_runs(project, monkeypatch):
-    monkeypatch.setenv(
-        report.DEFAULT_RECIPIENTS_ENV,
-        json.dumps(
-            {"to": ["boss@example.com"], "cc": ["team@example.com"], "bcc": ["audit@example.com"]}
-        ),
-    )
+    variables = report.default_recipients_environment(
+        ["boss@example.com"], ["team@example.com"], ["audit@example.com"]
+    )  # what the runner sets for the kernel
+    assert variables == {
+        "NOTIFIER_DEFAULT_RECIPIENTS": '{"to": ["boss@example.com"], "cc": ["team@example.com"], '
+        '"bcc": ["audit@example.com"]}'
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
     mail = report.email("For the job")
     mail.text("x")
     bundle = mail._repr_mimebundle_()
