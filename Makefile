@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench lab clean
+.PHONY: setup run test test-tools lint bench lab clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "notifier needs Python >= 3.10 (set PYTHON=python3.11)")'
@@ -20,8 +20,33 @@ run: setup
 	$(VENV)/bin/notifier schedule jobs.yaml
 
 ## make test: lint + the whole test suite
-test: setup lint
+test: setup test-tools lint
 	$(PY) -m pytest -q
+
+## The PDF tests print with Chromium and read the PDF back with poppler-utils. As root with
+## apt-get (Debian/Ubuntu) the missing ones are installed; otherwise those tests are skipped
+## with a note (under CI=true they fail instead). Quiet when everything is there.
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable chrome
+test-tools:
+	@missing=""; \
+	command -v pdftotext >/dev/null 2>&1 && command -v pdfimages >/dev/null 2>&1 \
+		|| missing="$$missing poppler-utils"; \
+	found=""; for b in $$NOTIFIER_BROWSER $(BROWSERS); do \
+		command -v $$b >/dev/null 2>&1 && found=$$b && break; done; \
+	[ -n "$$found" ] || missing="$$missing chromium fonts-liberation"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing with apt-get (for the PDF tests)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null 2>&1 \
+				&& apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1; } \
+			|| echo "note: could not install$$missing: the PDF tests will be skipped"; \
+		else \
+			echo "note:$$missing not installed (needs root and apt-get to install here):" \
+				"the PDF tests will be skipped"; \
+		fi; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check notifier tests benchmarks

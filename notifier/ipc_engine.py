@@ -6,6 +6,7 @@ ipykernel's "running over TCP without encryption" warning never reaches users.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from traitlets import default
 
 ENGINE_NAME = "notifier-ipc"
+SOCKET_DIR_ENV = "NOTIFIER_SOCKET_DIR"
 TIMINGS: dict[str, float] = {}
 
 
@@ -30,7 +32,10 @@ class IPCKernelManager(AsyncKernelManager):
 
     @default("ip")
     def _default_ip(self) -> str:
-        folder = Path(tempfile.mkdtemp(prefix="nfk-"))
+        # a short path: a Unix socket's path is limited to about 100 bytes (the run's own
+        # TMPDIR, deep in the run folder, is too long)
+        base = os.environ.get(SOCKET_DIR_ENV) or tempfile.gettempdir()
+        folder = Path(tempfile.mkdtemp(prefix="nfk-", dir=base))
         return str(folder / "k")
 
     async def start_kernel(self, **kw: Any) -> None:

@@ -24,6 +24,7 @@ import difflib
 import keyword
 import os
 import re
+import time
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ _FORMS = {
     "misfire": "skip, run_once or catch_up, or {policy: run_once, grace: 10m}",
     "policy": "skip, run_once or catch_up",
     "grace": DURATION_FORM,
+    "kernel": "the name of an installed Jupyter kernel, like python3 (jupyter kernelspec list)",
+    "hide_code": "true or false",
+    "attach_output": "html, pdf or none",
 }
 
 
@@ -213,8 +217,53 @@ def _policy(value: object) -> object:
     return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
 
 
+_KERNEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")  # what jupyter_client accepts
+
+
+_kernels_seen: tuple[float, tuple[str, ...]] | None = None
+
+
+def installed_kernels(max_age: float = 60.0) -> tuple[str, ...]:
+    """Names of the Jupyter kernels installed for this environment (listed once a minute)."""
+    global _kernels_seen
+    now = time.monotonic()
+    if _kernels_seen is None or now - _kernels_seen[0] > max_age:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        try:
+            names = tuple(sorted(KernelSpecManager().find_kernel_specs()))
+        except Exception:  # listing is a convenience: the run reports a missing kernel too
+            names = ()
+        _kernels_seen = (now, names)
+    return _kernels_seen[1]
+
+
+def _check_kernel(value: object) -> str:
+    """``kernel: python3``: a kernel name that is installed here."""
+    if not isinstance(value, str) or not _KERNEL_NAME_RE.match(value.strip()):
+        raise ValueError(f"invalid kernel name {value!r}; expected {_FORMS['kernel']}")
+    name = value.strip()
+    installed = installed_kernels()
+    if installed and name.lower() not in installed:
+        close = difflib.get_close_matches(name.lower(), installed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"no Jupyter kernel named {name!r} is installed{hint}; installed: "
+            f"{', '.join(installed)}"
+        )
+    return name
+
+
+def _output_format(value: object) -> object:
+    if value is False or value is None:
+        return "none"
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 Addresses = Annotated[tuple[str, ...], BeforeValidator(_check_addresses)]
 TimeZoneKey = Annotated[str, BeforeValidator(_check_timezone)]
+KernelName = Annotated[str, BeforeValidator(_check_kernel)]
+OutputFormat = Annotated[Literal["html", "pdf", "none"], BeforeValidator(_output_format)]
 
 
 class _Model(BaseModel):
@@ -254,6 +303,9 @@ class DefaultsModel(_Model):
     cc: Addresses | None = None
     bcc: Addresses | None = None
     on_failure: Addresses | None = None
+    kernel: KernelName | None = None
+    hide_code: bool | None = None
+    attach_output: OutputFormat | None = None
 
 
 class JobModel(DefaultsModel):
@@ -313,6 +365,9 @@ class Job:
     # an email whose delivery outcome is unknown (link lost after the final dot, a crash
     # mid-transaction): "skip" = at most once (default), "resend" = at least once
     on_unknown: str = "skip"
+    kernel: str | None = None  # None: the notebook's kernel (or this environment's Python)
+    hide_code: bool = False  # archived output (and attach_output) without code
+    attach_output: str | None = None  # "html" or "pdf": the rendered output on every email
     line: int = 1  # where the job starts in the jobs file
 
     def __hash__(self) -> int:
@@ -801,11 +856,18 @@ def _resolve(
         keep_runs_seconds=_pick(model, defaults, "keep_runs", None),
         deliver_within_seconds=_pick(model, defaults, "deliver_within", None),
         on_unknown=_pick(model, defaults, "on_unknown", "skip"),
+        kernel=_pick(model, defaults, "kernel", None),
+        hide_code=_pick(model, defaults, "hide_code", False),
+        attach_output=_attach_output(_pick(model, defaults, "attach_output", None)),
         line=line,
     )
 
 
 MAX_FILE_BYTES = 1024 * 1024  # ~7,000 jobs; anything bigger is a mistake, not a jobs file
+
+
+def _attach_output(value: str | None) -> str | None:
+    return None if value in (None, "none") else value
 
 
 def _read(path: Path, shown: str) -> str:

@@ -2,7 +2,14 @@
 
 Used by the outbox (a ``.html`` beside each ``.eml``) and by the Jupyter
 preview, so both show exactly what the recipient would see: the headers, the
-HTML body with inline images turned into data URIs, and the attachments.
+HTML body with inline images turned into data URIs, and the attachments (as
+download links while they fit a size budget).
+
+Every element carries inline styles that set what the host page might change:
+JupyterLab's stylesheet (also in nbconvert's archived HTML) right-aligns table
+cells, centres tables, stripes rows and recolours text for its dark theme, and an
+inline style wins over all of that, so the card looks the same in Lab, in the
+archived output and in the outbox.
 """
 
 from __future__ import annotations
@@ -18,6 +25,29 @@ _PLACEHOLDER = (
     "<text x='8' y='24' font-size='13'>image not shown in preview</text></svg>"
 )
 _CID = re.compile(r"""(["'(])cid:([^"')\s]+)""")
+# Attachment bytes the preview embeds as download links (data: URIs), per message.
+ATTACHMENT_BUDGET = 1024 * 1024
+
+_CARD_STYLE = (
+    "border:1px solid #ccc;border-radius:6px;max-width:900px;background:#fff;color:#1f2328;"
+    "text-align:left;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
+    "font-size:14px;line-height:1.4"
+)
+_HEADERS_STYLE = (
+    "background:#f6f8fa;width:100%;border:none;border-bottom:1px solid #ccc;"
+    "border-collapse:separate;border-spacing:0;padding:8px 12px;margin:0;table-layout:auto;"
+    "font-size:14px;color:#1f2328"
+)
+_ROW_STYLE = "background:#f6f8fa;border:none"
+_NAME_STYLE = (
+    "text-align:left;vertical-align:top;padding:2px 12px 2px 0;border:none;color:#555;"
+    "font-weight:600;white-space:nowrap;width:1%;line-height:1.4;background:#f6f8fa"
+)
+_VALUE_STYLE = (
+    "text-align:left;vertical-align:top;padding:2px 0;border:none;color:#1f2328;"
+    "font-weight:normal;line-height:1.4;background:#f6f8fa;word-break:break-word"
+)
+_LINK_STYLE = "color:#0969da;text-decoration:underline"
 
 
 def human_size(size: int) -> str:
@@ -97,10 +127,33 @@ def _header_rows(
     if bcc:
         rows.append(("Bcc", ", ".join(bcc) + "  (envelope only, not in headers)"))
     return "".join(
-        f'<tr><th style="text-align:left;padding:2px 12px 2px 0;color:#555;vertical-align:top">'
-        f'{html.escape(name)}</th><td style="padding:2px 0">{html.escape(value)}</td></tr>'
+        f'<tr style="{_ROW_STYLE}"><th style="{_NAME_STYLE}">{html.escape(name)}</th>'
+        f'<td style="{_VALUE_STYLE}">{html.escape(value)}</td></tr>'
         for name, value in rows
     )
+
+
+def _attachment_items(files: list[tuple[str, str, bytes]], budget: int | None) -> str:
+    """One ``<li>`` per file: a download link while the budget lasts, else a note."""
+    items = []
+    left = ATTACHMENT_BUDGET if budget is None else budget
+    for name, mime, data in files:
+        label = html.escape(name)
+        details = f"({html.escape(mime)}, {human_size(len(data))})"
+        if len(data) <= left:
+            left -= len(data)
+            uri = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+            link = (
+                f'<a href="{html.escape(uri, quote=True)}" download="{html.escape(name, quote=True)}"'
+                f' style="{_LINK_STYLE}">{label}</a>'
+            )
+            items.append(f"<li>{link} <span style='color:#777'>{details}</span></li>")
+        else:
+            items.append(
+                f"<li>{label} <span style='color:#777'>{details}, too large to open from this "
+                "preview; it is in the email</span></li>"
+            )
+    return "".join(items)
 
 
 def render_preview(
@@ -110,10 +163,13 @@ def render_preview(
     standalone: bool = True,
     overrides: dict[str, str] | None = None,
     image_budget: int | None = None,
+    attachment_budget: int | None = None,
 ) -> str:
     """The message as HTML: headers, body (HTML or text), attachments with sizes.
 
-    ``overrides`` replaces shown header values; ``image_budget`` bounds embedded image bytes.
+    ``overrides`` replaces shown header values; ``image_budget`` bounds embedded image bytes;
+    attachments up to ``attachment_budget`` bytes in all (default :data:`ATTACHMENT_BUDGET`)
+    are download links, larger ones are listed with a note.
     """
     html_body, text_body = body_parts(message)
     if html_body is not None:
@@ -125,20 +181,17 @@ def render_preview(
         body = f'<pre style="white-space:pre-wrap;font-family:inherit">{html.escape(text_body or "")}</pre>'
     files = attachments(message)
     if files:
-        items = "".join(
-            f"<li>{html.escape(name)} <span style='color:#777'>({html.escape(mime)}, "
-            f"{human_size(len(data))})</span></li>"
-            for name, mime, data in files
+        items = _attachment_items(files, attachment_budget)
+        files_html = (
+            '<div style="border-top:1px solid #ddd;margin-top:12px;padding-top:8px">'
+            f'<b>Attachments</b><ul style="margin:4px 0;padding-left:24px">{items}</ul></div>'
         )
-        files_html = f'<div style="border-top:1px solid #ddd;margin-top:12px;padding-top:8px"><b>Attachments</b><ul style="margin:4px 0">{items}</ul></div>'
     else:
         files_html = ""
     card = (
-        '<div class="notifier-email" style="border:1px solid #ccc;border-radius:6px;'
-        'max-width:900px;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;font-size:14px">'
-        '<table style="background:#f6f8fa;width:100%;border-bottom:1px solid #ccc;padding:8px 12px;'
-        f'border-collapse:separate">{_header_rows(message, bcc, overrides)}</table>'
-        f'<div style="padding:12px">{body}{files_html}</div></div>'
+        f'<div class="notifier-email" style="{_CARD_STYLE}">'
+        f'<table style="{_HEADERS_STYLE}"><tbody>{_header_rows(message, bcc, overrides)}'
+        f'</tbody></table><div style="padding:12px">{body}{files_html}</div></div>'
     )
     if not standalone:
         return card

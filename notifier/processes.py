@@ -52,7 +52,7 @@ def kill_descendants(pid: int) -> list[int]:
     for _ in range(5):  # a dying child may have forked once more
         try:
             children = root.children(recursive=True)
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             break
         if not children:
             break
@@ -60,9 +60,12 @@ def kill_descendants(pid: int) -> list[int]:
             try:
                 proc.kill()
                 killed.append(proc.pid)
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 pass
-        psutil.wait_procs(children, timeout=2)
+        try:
+            psutil.wait_procs(children, timeout=2)
+        except psutil.Error:
+            pass
     return killed
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html as html_lib
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -31,13 +32,16 @@ from typing import Any
 
 from notifier.message import Email, InlineImage, new_cid
 from notifier.parts import Part, attachment_part, image_part
-from notifier.tables import dataframe_html
+from notifier.tables import FloatFormat, dataframe_html
 
 EMAIL_MIME = "application/vnd.notifier.email+json"
 SKIP_MIME = "application/vnd.notifier.skip+json"
 PARTS_DIR_ENV = "NOTIFIER_PARTS_DIR"
 RUN_ID_ENV = "NOTIFIER_RUN_ID"
 FROM_ENV = "NOTIFIER_FROM"
+# JSON {"to": [...], "cc": [...], "bcc": [...]}: the run's recipients for emails that name
+# none, set by the runner so the preview (and the archive) shows who gets them.
+DEFAULT_RECIPIENTS_ENV = "NOTIFIER_DEFAULT_RECIPIENTS"
 FORMAT_VERSION = 1
 # Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
 PREVIEW_IMAGE_BUDGET = 4 * 1024 * 1024
@@ -87,6 +91,7 @@ class ReportEmail:
         self._attachments: list[Part] = []
         self._revision = 0
         self._display: Any = None
+        self._shown_in: int | None = None  # the cell (execution count) that last showed it
 
     # -- content ---------------------------------------------------------------------------
     def markdown(self, text: str) -> None:
@@ -117,9 +122,15 @@ class ReportEmail:
         *,
         max_rows: int = 200,
         index: bool | None = None,
-        float_format: str = ",.2f",
+        float_format: FloatFormat = None,
     ) -> None:
-        """Append a pandas DataFrame (or Series) as an inline-styled HTML table."""
+        """Append a pandas DataFrame (or Series) as an inline-styled HTML table.
+
+        Numbers get their column's natural format: integers (and integer-valued floats)
+        without decimals, other floats with as few decimals as they need (at most 2).
+        ``float_format=",.2f"`` sets every float column; a mapping sets named columns,
+        e.g. ``float_format={"revenue": ",.0f", "share": ".1%"}``.
+        """
         markup = dataframe_html(
             frame, caption, max_rows=max_rows, index=index, float_format=float_format
         )
@@ -188,8 +199,10 @@ class ReportEmail:
     def send_test(self, address: str | Iterable[str]) -> list[Any]:
         """Send this email now to ``address`` only, with the ``.env`` settings.
 
-        Without SMTP settings it goes to the outbox. During scheduled runs this does
-        nothing: the runner sends the real email.
+        Without SMTP settings it goes to the outbox. Prints one line per recipient and
+        returns the results; raises :class:`~notifier.interactive.SendTestError` (cause
+        and fix) when an address is refused or the server cannot be reached. During
+        scheduled runs this does nothing: the runner sends the real email.
         """
         if in_scheduled_run():
             print("send_test() does nothing during scheduled runs; the runner sends the email.")
@@ -238,11 +251,31 @@ class ReportEmail:
             EMAIL_MIME: self.to_bundle(),
         }
 
+    def _ipython_display_(self) -> None:
+        """As a cell's result: nothing more when this cell already shows the email.
+
+        The email shows itself (and updates in place) from the cell that creates it, so
+        ``email`` as the last line of that cell would show it twice. In a later cell it
+        shows again, as one more view of the same display that later changes update too.
+        """
+        shell = _shell()
+        if shell is None:
+            return
+        if self._display is not None and self._shown_in == shell.execution_count:
+            return
+        _publish(self, new_view=True)
+
     def __repr__(self) -> str:
         return self._summary()
 
     def _summary(self) -> str:
-        recipients = ", ".join(self.to + self.cc) or "(the job's recipients)"
+        recipients = ", ".join(self.to + self.cc)
+        if not (recipients or self.bcc):
+            from notifier.interactive import default_recipients
+
+            defaults = default_recipients()
+            shown = [*defaults["to"], *defaults["cc"]] if defaults else []
+            recipients = ", ".join(shown) or "(the job's recipients)"
         return (
             f"<ReportEmail {self.subject!r} to {recipients}: {len(self._blocks)} blocks, "
             f"{len(self._images)} images, {len(self._attachments)} attachments>"
@@ -281,19 +314,33 @@ def _part_entry(part: Part, parts_dir: str | None) -> dict[str, Any]:
     return entry
 
 
-def _publish(mail: ReportEmail) -> None:
-    """Show the email (first change) or update its output in place (later changes)."""
+def _shell() -> Any:
+    """The running IPython shell, or None (plain Python)."""
     try:
         from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # plain Python: nothing to show
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _publish(mail: ReportEmail, *, new_view: bool = False) -> None:
+    """Show the email (first change) or update its output in place (later changes).
+
+    The bundle is published raw: ``display(mail)`` would go through ``_ipython_display_``.
+    """
+    shell = _shell()
+    if shell is None:
         return
-    if get_ipython() is None:
-        return
+    from IPython.display import display
+
+    bundle = mail._repr_mimebundle_()
     if mail._display is None:
-        object.__setattr__(mail, "_display", display(mail, display_id=True))
+        object.__setattr__(mail, "_display", display(bundle, raw=True, display_id=True))
+    elif new_view:
+        display(bundle, raw=True, display_id=mail._display.display_id)
     else:
-        mail._display.update(mail)
+        mail._display.update(bundle, raw=True)
+    object.__setattr__(mail, "_shown_in", shell.execution_count)
 
 
 def email(
@@ -316,6 +363,15 @@ def email(
     mail = ReportEmail(subject, to=to, cc=cc, bcc=bcc, reply_to=reply_to, sender=sender, key=key)
     mail._changed()
     return mail
+
+
+def default_recipients_environment(
+    to: Iterable[str] = (), cc: Iterable[str] = (), bcc: Iterable[str] = ()
+) -> dict[str, str]:
+    """The variable the runner sets for the kernel: the run's recipients for emails that
+    name none, so their previews (and the archived output) show who gets them."""
+    value = {"to": list(to), "cc": list(cc), "bcc": list(bcc)}
+    return {DEFAULT_RECIPIENTS_ENV: json.dumps(value, ensure_ascii=False)}
 
 
 def skip(reason: str) -> None:

@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -29,14 +31,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from notifier.cell_errors import error_summary
 from notifier.config import Settings, kernel_environment
 from notifier.errors import RunError
 from notifier.message import Email
 from notifier.notebook_params import check_parameters
 from notifier.processes import kill_tree
-from notifier.report import FROM_ENV, PARTS_DIR_ENV, RUN_ID_ENV
+from notifier.report import (
+    FROM_ENV,
+    PARTS_DIR_ENV,
+    RUN_ID_ENV,
+    default_recipients_environment,
+)
 
-DEFAULT_RECIPIENTS_ENV = "NOTIFIER_DEFAULT_RECIPIENTS"
 PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
 
 log = logging.getLogger("notifier.runner")
@@ -59,7 +66,8 @@ class RunRequest:
     cell_timeout: float | None = None
     scheduled_for: datetime | None = None
     run_id: str | None = None
-    kernel_name: str | None = None
+    kernel_name: str | None = None  # None: the notebook's kernel, else this Python
+    hide_code: bool = False  # the archived output without the code
 
     @property
     def name(self) -> str:
@@ -81,6 +89,7 @@ class Execution:
     failure: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     duration: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # from the worker (e.g. the kernel)
 
     @property
     def output_notebook(self) -> Path:
@@ -126,6 +135,14 @@ def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Pa
     raise RunError(f"Too many attempts in {base.parent}.", "remove old run folders")
 
 
+def _secret_files(notebook: Path) -> list[Path]:
+    """The project's ``.env`` (where SMTP_PASSWORD lives), which no notebook needs to read."""
+    from notifier.interactive import project_root
+
+    candidates = {project_root(notebook.parent) / ".env", Path.cwd() / ".env"}
+    return sorted(path.resolve() for path in candidates if path.is_file())
+
+
 def _parameter_strings(value: Any) -> list[str]:
     """Every key and leaf value as text (json.dumps would escape quotes and non-ASCII)."""
     if isinstance(value, dict):
@@ -169,11 +186,16 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
         "result": str(run_dir / "result.json"),
         "parameters": parameters,
         "cwd": str(notebook.parent),
+        # the kernel cannot read these (Linux Landlock; see notifier.sandbox)
+        "hidden_files": [str(path) for path in _secret_files(notebook)],
         "kernel_name": request.kernel_name,
+        "hide_code": request.hide_code,
         "cell_timeout": request.cell_timeout,
         "start_timeout": min(60.0, request.timeout),
     }
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    scratch = run_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
     env = kernel_environment()
     env.update(
         {
@@ -181,11 +203,14 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
             PARTS_DIR_ENV: str(run_dir / "parts"),
             RUN_ID_ENV: run_id,
             # the preview shows the real recipients of emails that name none
-            DEFAULT_RECIPIENTS_ENV: json.dumps(
-                {"to": list(request.to), "cc": list(request.cc), "bcc": list(request.bcc)}
-            ),
+            **default_recipients_environment(request.to, request.cc, request.bcc),
             # the worker exits when this process dies (also when this process is PID 1)
             PARENT_PID_ENV: str(os.getpid()),
+            # temporary and runtime files (the kernel's connection file) in the run folder,
+            # which the kernel can read whatever the sandbox hides elsewhere
+            "TMPDIR": str(scratch),
+            "JUPYTER_RUNTIME_DIR": str(scratch),
+            "NOTIFIER_SOCKET_DIR": tempfile.gettempdir(),  # kernel sockets: a short path
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
             "JUPYTER_PLATFORM_DIRS": "1",
             "MPLBACKEND": env.get("MPLBACKEND", "Agg"),
@@ -194,6 +219,7 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
     log.debug("run %s of %s started (%s)", run_id, request.name, notebook.name)
     started = time.perf_counter()
     timed_out = _run_worker(run_dir, env, request.timeout)
+    shutil.rmtree(scratch, ignore_errors=True)
     execution = Execution(request, run_id, run_dir, "failed")
     execution.duration = time.perf_counter() - started
     _finish_execution(execution, settings, timed_out)
@@ -261,9 +287,15 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
     if result:
         execution.timings = result.get("timings", {})
+        execution.warnings = [str(w) for w in result.get("warnings", [])]
     if execution.output_notebook.is_file() and not execution.output_html.is_file():
         try:
-            render_html(execution.output_notebook, execution.output_html)
+            render_html(
+                execution.output_notebook,
+                execution.output_html,
+                hide_code=execution.request.hide_code,
+            )
+            scrub_file(execution.output_html, settings.secrets())
         except Exception as error:  # a half-written notebook must not hide the real failure
             log.warning("could not render %s: %s", execution.output_notebook, error)
 
@@ -290,7 +322,7 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
         return
     if error:
         execution.failure = error
-        execution.error = _error_summary(error)
+        execution.error = error_summary(error, execution.request.cell_timeout)
         return
     if collected is None:
         execution.error = unreadable
@@ -298,19 +330,6 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
         return
     execution.status = "succeeded"
     execution.emails = [_with_default_recipients(m, execution.request) for m in collected.emails]
-
-
-def _error_summary(error: dict[str, Any]) -> str:
-    kind = error.get("kind")
-    evalue = str(error.get("evalue", "")).strip().splitlines()
-    first = evalue[0] if evalue else ""
-    if kind == "cell":
-        return f"cell {error.get('exec_count') or '?'} raised {error.get('ename')}: {first}"
-    if kind == "dead_kernel":
-        return f"the kernel died: {first}"
-    if kind == "cell_timeout":
-        return f"a cell exceeded the cell timeout: {first}"
-    return f"{error.get('ename')}: {first}"
 
 
 def _tail(path: Path, lines: int = 30) -> str:

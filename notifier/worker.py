@@ -3,51 +3,87 @@
 The runner starts this process without SMTP credentials in its environment, in a
 session of its own, and kills its whole process tree on the wall-clock timeout.
 It writes ``result.json`` beside the output notebook:
-``{"status": "ok" | "error", "error": {...}, "timings": {...}}``.
+``{"status": "ok" | "error", "error": {...}, "timings": {...}, "warnings": [...]}``
+(the error record: :mod:`notifier.cell_errors`).
+
+Spec keys (spec.json): ``notebook``, ``output``, ``result``, ``parameters``, ``cwd``,
+optional ``kernel_name`` (else the notebook's kernel, else this environment's Python),
+``cell_timeout``, ``start_timeout`` and ``hide_code`` (output.html without the code).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+from notifier.cell_errors import strip_ansi
+from notifier.errors import RunError
+
+__all__ = ["choose_kernel", "execute", "main", "strip_ansi"]
 
 
-def strip_ansi(text: str) -> str:
-    """Remove terminal colour codes from a traceback."""
-    return _ANSI.sub("", text)
+def _error_details(
+    error: BaseException, output: Path | None = None, cell_timeout: float | None = None
+) -> dict[str, Any]:
+    """The result.json record of a failed execution (see :mod:`notifier.cell_errors`)."""
+    from notifier.cell_errors import error_details
+
+    return error_details(error, output, cell_timeout)
 
 
-def _error_details(error: BaseException) -> dict[str, Any]:
-    from papermill.exceptions import PapermillExecutionError
+def _notebook_metadata(path: Path) -> dict[str, Any] | None:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return None  # papermill reports an unreadable notebook itself
+    return metadata if isinstance(metadata, dict) else {}
 
-    if isinstance(error, PapermillExecutionError):
-        return {
-            "kind": "cell",
-            "ename": error.ename,
-            "evalue": strip_ansi(str(error.evalue)),
-            "cell_index": error.cell_index,
-            "exec_count": error.exec_count,
-            "source": error.source,
-            "traceback": strip_ansi("\n".join(error.traceback)),
-        }
-    kind = "dead_kernel" if type(error).__name__ == "DeadKernelError" else "engine"
-    if type(error).__name__ in {"CellTimeoutError", "TimeoutError"}:
-        kind = "cell_timeout"
-    return {
-        "kind": kind,
-        "ename": type(error).__name__,
-        "evalue": strip_ansi(str(error)),
-        "traceback": strip_ansi("".join(traceback.format_exception(error))),
-    }
+
+def choose_kernel(spec: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(kernel name, language, warning) for papermill: the spec's, the notebook's, or Python.
+
+    A notebook saved without a kernelspec (VS Code's new notebooks) names no kernel:
+    it runs with this environment's Python kernel, and the warning says so. A notebook
+    in another language that names no kernel is a RunError; a kernel that is not
+    installed raises jupyter_client's NoSuchKernel.
+    """
+    metadata = _notebook_metadata(Path(spec["notebook"]))
+    if metadata is None:
+        return spec.get("kernel_name"), None, None
+    kernelspec = metadata.get("kernelspec")
+    kernelspec = kernelspec if isinstance(kernelspec, dict) else {}
+    language_info = metadata.get("language_info")
+    language_info = language_info if isinstance(language_info, dict) else {}
+    language = kernelspec.get("language") or language_info.get("name")
+    if spec.get("kernel_name"):  # the job's choice
+        if language:
+            return spec["kernel_name"], None, None
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        chosen = KernelSpecManager().get_kernel_spec(spec["kernel_name"])
+        return spec["kernel_name"], chosen.language or "python", None
+    if kernelspec.get("name"):
+        return None, None, None
+    name = Path(spec["notebook"]).name
+    if language and str(language).lower() != "python":
+        raise RunError(
+            f"{name} names no kernel, and it is written in {language}, not Python.",
+            "name its kernel with kernel: in jobs.yaml (or --kernel), or select a kernel "
+            "in your editor and save the notebook",
+        )
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+
+    warning = (
+        f"{name} names no kernel (its metadata has no kernelspec, as when VS Code saves a "
+        f"new notebook): ran it with {NATIVE_KERNEL_NAME!r}, this environment's Python; "
+        "set kernel: in jobs.yaml (or --kernel) to choose another"
+    )
+    return NATIVE_KERNEL_NAME, None if language else "python", warning
 
 
 def _skip_slow_optional_imports() -> None:
@@ -62,6 +98,10 @@ def _skip_slow_optional_imports() -> None:
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Execute the notebook described by ``spec``; return the result record."""
     started = time.perf_counter()
+    from notifier.sandbox import hide_files
+
+    # before the kernel (and any thread) starts: they all inherit it
+    not_hidden = hide_files(spec.get("hidden_files", []))
     _skip_slow_optional_imports()
     import papermill
 
@@ -75,14 +115,20 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     timings: dict[str, float] = {"imports": time.perf_counter() - started}
     output = Path(spec["output"])
     result: dict[str, Any] = {"status": "ok", "timings": timings}
+    warnings: list[str] = [not_hidden] if not_hidden else []
     executing = time.perf_counter()
     try:
+        kernel_name, language, warning = choose_kernel(spec)
+        if warning:
+            warnings.append(warning)
+            print(f"notifier: {warning}", flush=True)  # worker.log
         papermill.execute_notebook(
             spec["notebook"],
             str(output),
             parameters=spec["parameters"],
             engine_name=ipc_engine.ENGINE_NAME,
-            kernel_name=spec.get("kernel_name"),
+            kernel_name=kernel_name,
+            language=language,
             cwd=spec["cwd"],
             progress_bar=False,
             start_timeout=spec.get("start_timeout", 60),
@@ -90,17 +136,22 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             log_output=False,
         )
     except Exception as error:  # every failure is reported through result.json
-        result = {"status": "error", "error": _error_details(error), "timings": timings}
+        details = _error_details(error, output, spec.get("cell_timeout"))
+        result = {"status": "error", "error": details, "timings": timings}
     timings["execute"] = time.perf_counter() - executing
     timings.update(ipc_engine.TIMINGS)
     if output.is_file():
         rendering = time.perf_counter()
         renderer_ready.join(timeout=60)
         try:
-            archive.render_html(output, output.with_suffix(".html"))
+            archive.render_html(
+                output, output.with_suffix(".html"), hide_code=bool(spec.get("hide_code"))
+            )
         except Exception as error:
-            result.setdefault("warnings", []).append(f"HTML rendering failed: {error}")
+            warnings.append(f"HTML rendering failed: {error}")
         timings["render_html"] = time.perf_counter() - rendering
+    if warnings:
+        result["warnings"] = warnings
     return result
 
 
@@ -143,11 +194,15 @@ def _adopt_descendants() -> None:
         except (OSError, AttributeError):
             pass
 
-    def stop(signum: int, _frame: Any) -> None:
-        from notifier.processes import kill_descendants
+    from notifier.processes import kill_descendants  # never import inside a signal handler
 
-        kill_descendants(os.getpid())
-        os._exit(128 + signum)
+    def stop(signum: int, _frame: Any) -> None:
+        try:
+            kill_descendants(os.getpid())
+        except BaseException as error:  # noqa: BLE001 - whatever happens, exit below
+            print(f"notifier: stopping the notebook's processes failed: {error!r}", flush=True)
+        finally:
+            os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
 

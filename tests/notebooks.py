@@ -1,9 +1,15 @@
-"""Write small test notebooks (nbformat v4, python3 kernel) for runner and CLI tests."""
+"""Write small test notebooks (nbformat v4, python3 kernel); run them through the worker."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -61,3 +67,80 @@ def kernels_of_run(run_id: str) -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+@dataclass
+class WorkerRun:
+    """What ``python -m notifier.worker`` left in its run folder."""
+
+    result: dict[str, Any]
+    run_dir: Path
+    log: str
+
+    @property
+    def output(self) -> Path:
+        """The executed notebook."""
+        return self.run_dir / "output.ipynb"
+
+    @property
+    def html(self) -> Path:
+        """Its HTML rendering."""
+        return self.run_dir / "output.html"
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The error record of a failed run."""
+        assert self.result["status"] == "error", self.result
+        return self.result["error"]
+
+
+def run_worker(
+    folder: Path,
+    notebook: Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    **spec: Any,
+) -> WorkerRun:
+    """Run ``notebook`` through the worker process, as the runner does, with a spec we write.
+
+    ``spec`` adds or overrides spec.json keys (kernel_name, hide_code, cell_timeout...);
+    ``env`` adds variables to the kernel's environment.
+    """
+    run_dir = Path(folder) / "run"
+    (run_dir / "parts").mkdir(parents=True)
+    spec_data = {
+        "notebook": str(notebook),
+        "output": str(run_dir / "output.ipynb"),
+        "result": str(run_dir / "result.json"),
+        "parameters": parameters or {},
+        "cwd": str(Path(notebook).parent),
+        "cell_timeout": 120,
+        "start_timeout": 60,
+        **spec,
+    }
+    spec_path = run_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec_data), encoding="utf-8")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "NOTIFIER_"))}
+    environment.update(
+        {
+            "NOTIFIER_PARTS_DIR": str(run_dir / "parts"),
+            "NOTIFIER_RUN_ID": "worker-test",
+            "MPLBACKEND": "Agg",
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+            **(env or {}),
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "notifier.worker", str(spec_path)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    log = proc.stdout + proc.stderr
+    result_path = run_dir / "result.json"
+    assert result_path.is_file(), f"the worker wrote no result (exit {proc.returncode}):\n{log}"
+    return WorkerRun(json.loads(result_path.read_text(encoding="utf-8")), run_dir, log)

@@ -215,6 +215,36 @@ def test_builtin_defaults(project):
     assert job.cooldown_seconds is None
     assert job.keep_runs_seconds is None
     assert job.notify_recovery is False
+    assert (job.kernel, job.hide_code, job.attach_output) == (None, False, None)
+
+
+def test_kernel_hide_code_and_attach_output(project):
+    path = write(
+        project,
+        """
+        defaults:
+          hide_code: true
+          attach_output: pdf
+        jobs:
+          - name: a
+            notebook: notebooks/sales.ipynb
+            schedule: "@daily"
+            kernel: python3
+          - name: b
+            notebook: notebooks/sales.ipynb
+            schedule: "@daily"
+            hide_code: false
+            attach_output: none
+          - name: c
+            notebook: notebooks/sales.ipynb
+            schedule: "@daily"
+            attach_output: HTML
+        """,
+    )
+    a, b, c = load_jobs(path, env={}).jobs
+    assert (a.kernel, a.hide_code, a.attach_output) == ("python3", True, "pdf")
+    assert (b.kernel, b.hide_code, b.attach_output) == (None, False, None)
+    assert (c.hide_code, c.attach_output) == (True, "html")
 
 
 def test_timezone_precedence(project):
@@ -471,6 +501,25 @@ jobs:
             "name: again",
             ":5: duplicate key: key 'name' appears twice (first on line 2); "
             "YAML would keep only the last one",
+        ),
+        (
+            "kernel: pyhton3",
+            ":5: job 'daily-sales', field 'kernel': no Jupyter kernel named 'pyhton3' is "
+            "installed (did you mean 'python3'?); installed: ",
+        ),
+        (
+            "kernel: 'my kernel'",
+            ":5: job 'daily-sales', field 'kernel': invalid kernel name 'my kernel'; expected the "
+            "name of an installed Jupyter kernel, like python3 (jupyter kernelspec list)",
+        ),
+        (
+            "hide_code: maybe",
+            ":5: job 'daily-sales', field 'hide_code': input should be a valid boolean",
+        ),
+        (
+            "attach_output: docx",
+            ":5: job 'daily-sales', field 'attach_output': input should be 'html', 'pdf' or "
+            "'none' (got 'docx')",
         ),
     ],
 )

@@ -12,6 +12,7 @@ import email.policy
 import hashlib
 import html
 import io
+import re
 import typing
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest  # noqa: E402
 from notifier import report  # noqa: E402
 from notifier.errors import MessageError  # noqa: E402
 from notifier.message import compose, referenced_cids  # noqa: E402
-from notifier.preview import human_size  # noqa: E402
+from notifier.preview import human_size, render_preview  # noqa: E402
 from notifier.transport.base import Outgoing  # noqa: E402
 
 SENDER = "Reports <reports@example.com>"
@@ -462,9 +463,15 @@ def test_preview_bundle_shows_the_email(project, figure, frame):
     png = mail._images[0].part.data
     assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
     assert "cid:" not in page
-    csv_size = len(frame.to_csv(index=False).encode())
-    assert f"données.csv <span style='color:#777'>(text/csv, {human_size(csv_size)})" in page
-    assert "big.bin <span style='color:#777'>(application/octet-stream, 1.5 MB)" in page
+    csv = frame.to_csv(index=False).encode()
+    assert (
+        f'<a href="data:text/csv;base64,{base64.b64encode(csv).decode()}" download="données.csv"'
+    ) in page
+    assert f"données.csv</a> <span style='color:#777'>(text/csv, {human_size(len(csv))})" in page
+    assert (
+        "big.bin <span style='color:#777'>(application/octet-stream, 1.5 MB), too large to open "
+        "from this preview; it is in the email</span>"
+    ) in page
     assert "Hello" in page
 
 
@@ -624,3 +631,146 @@ def test_filtered_frame_drops_its_row_numbers_but_named_index_stays():
     named = filtered.set_index("region")
     assert attachment_part(named, "n.csv").data == b"region,units\nS,2\nE,3\n"
     assert ">S</th>" in dataframe_html(named)
+
+
+# -- the preview: attachments, recipients, styles that survive JupyterLab's ----------------------
+
+
+def _links(page: str) -> dict[str, bytes]:
+    """File name -> bytes of every download link in a preview."""
+    found = re.findall(r'<a href="data:[^;]+;base64,([^"]*)" download="([^"]*)"', page)
+    return {html.unescape(name): base64.b64decode(data) for data, name in found}
+
+
+def test_preview_attachments_are_download_links_within_a_budget():
+    mail = report.email("Files", to="a@example.com")
+    mail.attach(b"a,b\n1,2\n", "small.csv")
+    mail.attach(bytes(range(256)) * 40, "middle.bin")  # 10 KiB
+    mail.attach(bytes(20_000), "large.bin")
+    mail.attach(b"{}", "tail.json")
+    message = compose(mail.to_email(), default_sender=SENDER).message
+    page = render_preview(message, attachment_budget=12_000)
+    assert _links(page) == {
+        "small.csv": b"a,b\n1,2\n",
+        "middle.bin": bytes(range(256)) * 40,
+        "tail.json": b"{}",  # a later small file still fits
+    }
+    assert (
+        "large.bin <span style='color:#777'>(application/octet-stream, 19.5 KB), too large" in page
+    )
+    # the outbox page (standalone, default budget) links them all
+    assert set(_links(render_preview(message))) == {
+        "small.csv",
+        "middle.bin",
+        "large.bin",
+        "tail.json",
+    }
+
+
+def test_preview_header_cells_set_the_styles_a_host_page_would_change(project):
+    # JupyterLab (and nbconvert's archived HTML) right-align td/th, centre tables with a
+    # fixed layout and stripe rows: every header cell and row says what it wants inline.
+    mail = report.email("Styles", to="a@example.com", cc="c@example.com")
+    mail.text("x")
+    page = mail.preview_html()
+    header = re.search(r"<table (.*?)</table>", page, re.S).group(0)
+    table_style = re.match(r'<table style="([^"]*)"', header).group(1)
+    assert "table-layout:auto" in table_style and "margin:0" in table_style
+    rows = re.findall(
+        r"<tr style=\"([^\"]*)\"><th style=\"([^\"]*)\">([^<]*)</th><td style=\"([^\"]*)\">", header
+    )
+    assert [name for _, _, name, _ in rows] == ["From", "To", "Cc", "Subject", "Date"]
+    for row, name_style, _, value_style in rows:
+        assert "background:#f6f8fa" in row
+        for style in (name_style, value_style):
+            for rule in ("text-align:left", "vertical-align:top", "border:none", "background:"):
+                assert rule in style, (rule, style)
+    card = re.match(r'<div class="notifier-email" style="([^"]*)"', page).group(1)
+    assert "background:#fff" in card and "color:#1f2328" in card  # readable in a dark theme
+
+
+def test_preview_of_an_email_without_recipients_shows_the_runs(project, monkeypatch):
+    variables = report.default_recipients_environment(
+        ["boss@example.com"], ["team@example.com"], ["audit@example.com"]
+    )  # what the runner sets for the kernel
+    assert variables == {
+        "NOTIFIER_DEFAULT_RECIPIENTS": '{"to": ["boss@example.com"], "cc": ["team@example.com"], '
+        '"bcc": ["audit@example.com"]}'
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    mail = report.email("For the job")
+    mail.text("x")
+    bundle = mail._repr_mimebundle_()
+    page = bundle["text/html"]
+    assert ">boss@example.com</td>" in page
+    assert ">team@example.com</td>" in page
+    assert "audit@example.com  (envelope only, not in headers)" in page
+    assert "job&#x27;s recipients" not in page
+    assert bundle["text/plain"].startswith("<ReportEmail 'For the job' to boss@example.com, team@")
+    assert bundle[report.EMAIL_MIME]["to"] == []  # the runner still decides who gets it
+
+
+@pytest.mark.parametrize(
+    "value", ["", "not json", "[]", '{"to": 5}', '{"to": []}', '{"to": ["a@example.com", 1]}']
+)
+def test_unusable_default_recipients_fall_back_to_the_placeholder(project, monkeypatch, value):
+    monkeypatch.setenv(report.DEFAULT_RECIPIENTS_ENV, value)
+    mail = report.email("For the job")
+    assert "(the job&#x27;s recipients, from jobs.yaml or --to)" in mail.preview_html()
+
+
+# -- send_test: one line per recipient, one clear error ----------------------------------------
+
+
+def smtp_env(project: Path, server) -> None:
+    (project / ".env").write_text(
+        f"SMTP_HOST=127.0.0.1\nSMTP_PORT={server.port}\nSMTP_SECURITY=none\n"
+        "SMTP_FROM=reports@example.com\nSMTP_TIMEOUT=5\nSMTP_RETRIES=0\n",
+        encoding="utf-8",
+    )
+
+
+def test_send_test_prints_one_line_per_recipient_and_returns_the_same(project, smtp_server, capsys):
+    smtp_env(project, smtp_server)
+    mail = report.email("Hello", to="real@example.com")
+    mail.text("x")
+    results = mail.send_test(["me@example.com", "you@example.com"])
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert printed.out.splitlines() == [
+        "accepted: me@example.com via smtp (250 2.0.0 OK: queued)",
+        "accepted: you@example.com via smtp (250 2.0.0 OK: queued)",
+    ]
+    assert repr(results) == printed.out.strip()  # the cell's result: the same lines, compact
+    assert results.ok and results[0].ok and len(results) == 1
+    assert smtp_server.delivered_to("me@example.com") == 1
+
+
+def test_send_test_refused_address_raises_one_error_with_the_fix(
+    project, smtp_server_factory, capsys
+):
+    from smtp_server import Behaviour
+
+    from notifier.errors import DeliveryError
+    from notifier.interactive import SendTestError
+
+    server = smtp_server_factory("plain", behaviour=Behaviour(refuse=["bad@example.com"]))
+    smtp_env(project, server)
+    mail = report.email("Hello", to="real@example.com")
+    mail.text("x")
+    with pytest.raises(SendTestError) as raised:
+        mail.send_test(["me@example.com", "bad@example.com"])
+    error = raised.value
+    assert isinstance(error, DeliveryError)
+    assert error.message == (
+        "The test email was not delivered: bad@example.com was refused (550 5.1.1 "
+        "<bad@example.com>: Recipient address rejected: User unknown). "
+        "It was accepted for me@example.com."
+    )
+    assert error.fix == "check the recipient address"
+    assert error._render_traceback_() == [
+        f"SendTestError: {error.message}",
+        "  fix: check the recipient address",
+    ]
+    assert capsys.readouterr() == ("", "")  # said once, by the exception: no log line, no print

@@ -86,7 +86,7 @@ class Outcome:
             return run_rows(ledger, ledger.history(limit=None))
 
 
-def run(request: RunRequest, settings, transport, *, on_failure=None) -> Outcome:
+def run(request: RunRequest, settings, transport, *, on_failure=None, **options) -> Outcome:
     """``request`` through the one run path (ad-hoc job, ledger next to the runs folder)."""
     url = f"sqlite:///{settings.runs_dir.parent / 'ledger.db'}"
     job = adhoc_job(
@@ -99,6 +99,7 @@ def run(request: RunRequest, settings, transport, *, on_failure=None) -> Outcome
         on_failure=on_failure,
         timeout=request.timeout,
         cell_timeout=request.cell_timeout,
+        **options,
     )
     with Ledger(url) as ledger:
         path = RunPath(settings, ledger, transports=lambda _kind: transport)
@@ -629,7 +630,7 @@ def test_cell_timeout_fails_the_run(tmp_path):
         transport,
     )
     assert outcome.status == "failed"
-    assert outcome.error.startswith("a cell exceeded the cell timeout: "), outcome.error
+    assert outcome.error == "cell 2 exceeded the cell timeout (3 s)", outcome.error
     assert outcome.execution.duration < 60
     assert [m.subject for m in transport.sent] == [f"[notifier] FAILED: stuck: {outcome.error}"]
     assert kernels_of_run(outcome.run_id) == []
@@ -817,3 +818,118 @@ def test_an_unwritable_runs_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RunError) as caught:
         run_folder(blocker, "job", "abc", datetime.now(timezone.utc))
     assert "NOTIFIER_RUNS_DIR" in (caught.value.fix or "")
+
+
+# -- secrets, hide_code, attach_output, the sandbox ----------------------------------------
+
+
+def test_an_attachment_carrying_the_password_is_refused(tmp_path):
+    settings = settings_in(
+        tmp_path,
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT="2525",
+        SMTP_USER="reports@example.com",
+        SMTP_PASSWORD=PASSWORD,
+    )
+    notebook = write_notebook(
+        tmp_path / "leak.ipynb",
+        """
+        from notifier import report
+        from pathlib import Path
+        secret = Path(secret_file).read_text()  # learnt some other way than a parameter
+        Path("creds.txt").write_text("user=reports pass=" + secret)
+        mail = report.email("Numbers", to="a@example.com")
+        mail.text("see attachment")
+        mail.attach("creds.txt")
+        """,
+        parameters='secret_file = ""',
+    )
+    transport = MemoryTransport()
+    (tmp_path / "secret.txt").write_text(PASSWORD)
+    request = RunRequest(
+        notebook, parameters={"secret_file": str(tmp_path / "secret.txt")}, to=["boss@example.com"]
+    )
+    outcome = run(request, settings, transport)
+    assert outcome.status == "failed"
+    assert "carries the SMTP password in 'creds.txt'" in (outcome.error or "")
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: leak: an email cannot be sent: The email 'Numbers' carries the "
+        "SMTP password in 'creds.txt'; it was not sent."
+    ]
+    assert PASSWORD.encode() not in transport.sent[0].data
+
+
+def test_hide_code_archives_without_code_but_the_failure_email_shows_it(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "secretive.ipynb",
+        "value = 41  # a-comment-only-in-the-code",
+        "raise RuntimeError(f'boom {value + 1}')",
+    )
+    transport = MemoryTransport()
+    outcome = run(
+        RunRequest(notebook, to=["boss@example.com"]),
+        settings_in(tmp_path),
+        transport,
+        hide_code=True,
+    )
+    assert outcome.status == "failed"
+    archived = outcome.execution.output_html.read_text(encoding="utf-8")
+    assert "boom 42" in archived and "a-comment-only-in-the-code" not in archived
+    (failure,) = transport.sent
+    files = {p.get_filename(): p for p in parse(failure).iter_attachments()}
+    attached = files["secretive-output.html"].get_payload(decode=True).decode()
+    assert "a-comment-only-in-the-code" in attached
+
+
+def test_attach_output_puts_the_rendered_output_on_every_email(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "two.ipynb",
+        """
+        from notifier import report
+        report.email("One", to="a@example.com").text("first")
+        report.email("Two", to="b@example.com").text("second")
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(
+        RunRequest(notebook, to=["boss@example.com"]),
+        settings_in(tmp_path),
+        transport,
+        attach_output="html",
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert [[p.get_filename() for p in parse(m).iter_attachments()] for m in transport.sent] == [
+        ["two-output.html"],
+        ["two-output.html"],
+    ]
+
+
+def test_the_kernel_cannot_read_the_projects_env(tmp_path):
+    from notifier.sandbox import landlock_abi
+
+    if landlock_abi() < 1:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Linux Landlock is needed for this test in CI")
+        pytest.skip("this kernel has no Landlock: notebooks can read .env here (documented)")
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / ".env").write_text(f"SMTP_PASSWORD={PASSWORD}\n")
+    (project / "data.csv").write_text("a,b\n1,2\n")
+    notebook = write_notebook(
+        project / "notebooks" / "snoop.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        try:
+            found = Path("../.env").read_text()
+        except OSError as error:
+            found = type(error).__name__
+        report.email("snoop", to="a@example.com").text(found + " " + Path("../data.csv").read_text())
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook), settings_in(project), transport)
+    assert outcome.status == "succeeded", outcome.error
+    body = parse(transport.sent[0]).get_body(("plain",)).get_content()
+    assert "PermissionError" in body and "a,b" in body  # .env hidden, the data is not
+    assert PASSWORD not in body

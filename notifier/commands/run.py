@@ -50,6 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wall-clock limit for the whole run (default 600)",
     )
     parser.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="limit per cell")
+    parser.add_argument(
+        "--kernel",
+        metavar="NAME",
+        help="the Jupyter kernel to run it with (jupyter kernelspec list)",
+    )
+    parser.add_argument(
+        "--hide-code", action="store_true", help="archive (and attach) the output without the code"
+    )
+    parser.add_argument(
+        "--attach-output",
+        choices=("html", "pdf"),
+        help="attach the rendered output notebook to every email",
+    )
     parser.add_argument("--jobs", default="jobs.yaml", metavar="FILE", help="for a job name")
     parser.add_argument(
         "--dry-run", action="store_true", help="write the emails to the outbox instead"
@@ -81,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         job, settings = _jobs_file_job(args)
     check_parameters(job.notebook, job.parameters)  # a typo is refused, nobody is mailed
+    if args.kernel:
+        _check_kernel(args.kernel)
     announce_outbox(settings, dry_run=args.dry_run)
     ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
     try:
@@ -88,6 +103,16 @@ def run(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     return _report(result)
+
+
+def _check_kernel(name: str) -> None:
+    """``--kernel NAME`` names an installed kernel (exit 2 with the list, not a failed run)."""
+    from notifier.jobs import _check_kernel as check
+
+    try:
+        check(name)
+    except ValueError as error:
+        raise UsageError(f"--kernel: {error}", "see `jupyter kernelspec list`") from None
 
 
 def _notebook_job(args: argparse.Namespace, target: Path) -> tuple:
@@ -116,6 +141,9 @@ def _notebook_job(args: argparse.Namespace, target: Path) -> tuple:
         timeout=args.timeout,
         cell_timeout=args.cell_timeout,
         timezone_name=settings.timezone,
+        kernel=args.kernel,
+        hide_code=args.hide_code,
+        attach_output=args.attach_output,
     )
     return job, settings
 
@@ -154,6 +182,12 @@ def _jobs_file_job(args: argparse.Namespace) -> tuple:
         overrides["timeout_seconds"] = args.timeout
     if args.cell_timeout:
         overrides["cell_timeout_seconds"] = args.cell_timeout
+    if args.kernel:
+        overrides["kernel"] = args.kernel
+    if args.hide_code:
+        overrides["hide_code"] = True
+    if args.attach_output:
+        overrides["attach_output"] = args.attach_output
     settings = settings_for_jobs(jobs_path, smtp=not args.dry_run)
     return (replace(job, **overrides) if overrides else job), settings
 

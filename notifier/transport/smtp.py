@@ -1126,8 +1126,7 @@ class SMTPSession:
 
     def skip(self, out: Outgoing) -> SendResult:
         """The result of a message not tried because the session is broken (retryable)."""
-        text = f"Not sent: an earlier message could not be delivered. {self.broken}"
-        result = self.transport._failed(out, text)
+        result = self.transport._failed(out, self.broken or "not sent")
         result.retryable = True
         return result
 
