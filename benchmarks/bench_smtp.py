@@ -46,9 +46,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notifier.config import Settings  # noqa: E402
-from notifier.transport.base import Outgoing  # noqa: E402
-from notifier.transport.smtp import SMTPTransport  # noqa: E402
+from notifier.mail.transport.base import Outgoing  # noqa: E402
+from notifier.mail.transport.smtp import SMTPTransport  # noqa: E402
+from notifier.settings import Settings  # noqa: E402
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "reports@example.com"

@@ -71,7 +71,7 @@ def kernels_of_run(run_id: str) -> list:
 
 @dataclass
 class WorkerRun:
-    """What ``python -m notifier.worker`` left in its run folder."""
+    """What ``python -m notifier.notebook.worker`` left in its run folder."""
 
     result: dict[str, Any]
     run_dir: Path
@@ -134,7 +134,7 @@ def run_worker(
         }
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "notifier.worker", str(spec_path)],
+        [sys.executable, "-m", "notifier.notebook.worker", str(spec_path)],
         env=environment,
         capture_output=True,
         text=True,

@@ -45,7 +45,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from notifier.config import Secret, Settings
+from notifier.settings import Secret, Settings
 
 # aiosmtpd itself sets the deprecated attribute on every successful AUTH.
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
@@ -452,7 +452,7 @@ def settings_for(server: SMTPTestServer, **overrides: Any) -> Settings:
     """Settings that reach ``server``: host, port, matching security, the test CA, its login.
 
     Tests get short timeouts and few retries by default; pass overrides for anything else
-    (``password="wrong"`` is wrapped in :class:`~notifier.config.Secret`).
+    (``password="wrong"`` is wrapped in :class:`~notifier.settings.Secret`).
     """
     user = password = None
     if server.auth:

@@ -1,4 +1,4 @@
-"""notifier.archive: the run's output as HTML and as PDF (headless Chromium), read back.
+"""notifier.notebook.archive: the run's output as HTML and as PDF (headless Chromium), read back.
 
 The PDF is read back with poppler-utils: ``pdftotext`` finds the report's text and
 ``pdfimages -list`` shows that the chart is an image, not lost or rasterised text.
@@ -15,8 +15,8 @@ import pytest
 from tools import need, need_browser
 
 from notebooks import WorkerRun, run_worker, write_notebook
-from notifier.archive import BROWSER_ENV, output_attachment, render_pdf
 from notifier.errors import RunError
+from notifier.notebook.archive import BROWSER_ENV, output_attachment, render_pdf
 
 REPORT_CELLS = [
     """

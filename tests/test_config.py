@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import (
+from notifier.errors import ConfigError
+from notifier.settings import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PROVIDERS,
     kernel_environment,
@@ -14,7 +15,6 @@ from notifier.config import (
     parse_settings,
     redact,
 )
-from notifier.errors import ConfigError
 
 
 def test_no_settings_at_all_means_the_outbox() -> None:

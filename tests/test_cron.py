@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from notifier.cron import CronSpec, CrontabTrigger, parse_crontab, resolve_local
+from notifier.jobs.cron import CronSpec, CrontabTrigger, parse_crontab, resolve_local
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

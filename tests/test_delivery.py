@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from smtp_server import Behaviour, SMTPTestServer, settings_for
 
-from notifier.config import Settings
 from notifier.delivery.backoff import Backoff
 from notifier.delivery.planning import outgoing_from, plan_email
 from notifier.delivery.worker import Deliverer, default_transports
 from notifier.ledger import Ledger, Run
-from notifier.message import Email
-from notifier.parts import Part
+from notifier.mail.model import Email
+from notifier.mail.parts import Part
+from notifier.settings import Settings
 
 UTC = timezone.utc
 SLOT = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
@@ -277,7 +277,7 @@ def test_a_locked_ledger_delays_the_records_but_loses_none(
 def test_a_queued_email_is_rebuilt_exactly_as_planned(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(Settings())
     chart = Part(b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "image/png", "chart.png")
-    from notifier.message import InlineImage
+    from notifier.mail.model import InlineImage
 
     mail = Email(
         subject="Umsatz ✓", to=["Ève <eve@example.com>"], cc=["cc@example.com"],

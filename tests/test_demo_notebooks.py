@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from notebooks import WorkerRun, run_worker
-from notifier.collect import collect
-from notifier.message import Email, compose
+from notifier.mail.model import Email, compose
+from notifier.notebook.bundle import collect
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SCHEDULED = "2026-03-10T13:15:00+00:00"  # a Tuesday, inside the bundled data

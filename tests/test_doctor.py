@@ -10,9 +10,9 @@ import socket
 import pytest
 from smtp_server import settings_for
 
-from notifier.commands import doctor as doctor_command
-from notifier.config import Settings
-from notifier.doctor import TEST_SUBJECT, Step, diagnose, format_steps
+from notifier.cli import doctor as doctor_command
+from notifier.mail.doctor import TEST_SUBJECT, Step, diagnose, format_steps
+from notifier.settings import Settings
 
 pytestmark = [
     pytest.mark.timeout(60),

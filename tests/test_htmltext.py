@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notifier.htmltext import html_to_text
+from notifier.mail.htmltext import html_to_text
 
 
 def test_pre_blocks_keep_their_indentation_and_blank_lines():

@@ -21,9 +21,9 @@ from smtp_server import Behaviour, SMTPTestServer
 from tools import need_browser
 
 from notebooks import write_notebook
-from notifier.archive import render_html
-from notifier.ipc_engine import IPCKernelManager
-from notifier.report import DEFAULT_RECIPIENTS_ENV, EMAIL_MIME
+from notifier.notebook.archive import render_html
+from notifier.notebook.bundle import DEFAULT_RECIPIENTS_ENV, EMAIL_MIME
+from notifier.notebook.engine import IPCKernelManager
 
 CELLS = [
     # 0: the email shows itself when created; as the cell's last line it adds nothing more

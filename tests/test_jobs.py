@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.date import DateTrigger
 
-from notifier.commands import validate
-from notifier.cron import CrontabTrigger
+from notifier.cli import validate
 from notifier.errors import JobsFileError, NotifierError
 from notifier.jobs import Job, load_jobs
-from notifier.schedule import AnchoredIntervalTrigger
+from notifier.jobs.cron import CrontabTrigger
+from notifier.jobs.schedules import AnchoredIntervalTrigger
 
 UTC = timezone.utc
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import parse_settings
-from notifier.transport import transport_for
-from notifier.transport.base import Outgoing, RecipientResult, SendResult
-from notifier.transport.memory import MemoryTransport
-from notifier.transport.outbox import OutboxTransport
+from notifier.mail.transport import transport_for
+from notifier.mail.transport.base import Outgoing, RecipientResult, SendResult
+from notifier.mail.transport.memory import MemoryTransport
+from notifier.mail.transport.outbox import OutboxTransport
+from notifier.settings import parse_settings
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""The notebook API (notifier.report) without a kernel: the MIME it builds, the preview, send_test.
+"""The notebook API (notifier.notebook.report) without a kernel: the MIME it builds, the preview, send_test.
 
 Every message is composed with the real ``message.compose`` and parsed back with the
 stdlib parser, so these tests check what a mail client would receive.
@@ -27,9 +27,10 @@ import pytest  # noqa: E402
 
 from notifier import report  # noqa: E402
 from notifier.errors import MessageError  # noqa: E402
-from notifier.message import compose, referenced_cids  # noqa: E402
-from notifier.preview import human_size, render_preview  # noqa: E402
-from notifier.transport.base import Outgoing  # noqa: E402
+from notifier.mail.model import compose, referenced_cids  # noqa: E402
+from notifier.mail.preview import human_size, render_preview  # noqa: E402
+from notifier.mail.transport.base import Outgoing  # noqa: E402
+from notifier.notebook import bundle as protocol  # noqa: E402
 
 SENDER = "Reports <reports@example.com>"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -84,8 +85,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "NOTIFIER_OUTBOX",
         "NOTIFIER_RUNS_DIR",
         "NOTIFIER_MAX_MESSAGE_SIZE",
-        report.RUN_ID_ENV,
-        report.PARTS_DIR_ENV,
+        protocol.RUN_ID_ENV,
+        protocol.PARTS_DIR_ENV,
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -450,7 +451,7 @@ def test_preview_bundle_shows_the_email(project, figure, frame):
     mail.attach(blob, "big.bin")
     bundle = mail._repr_mimebundle_()
 
-    assert set(bundle) == {"text/plain", "text/html", report.EMAIL_MIME}
+    assert set(bundle) == {"text/plain", "text/html", protocol.EMAIL_MIME}
     assert bundle["text/plain"] == (
         f"<ReportEmail {UNICODE_SUBJECT!r} to Zoë <zoe@example.com>, cc@example.com: "
         "2 blocks, 1 images, 2 attachments>"
@@ -490,7 +491,7 @@ def test_preview_of_an_invalid_email_shows_why_and_keeps_the_bundle(project):
     bundle = mail._repr_mimebundle_()
     assert "This email cannot be sent as it is" in bundle["text/html"]
     assert "not-an-address" in bundle["text/html"]
-    assert bundle[report.EMAIL_MIME]["to"] == ["not-an-address"]
+    assert bundle[protocol.EMAIL_MIME]["to"] == ["not-an-address"]
 
 
 # -- the bundle the runner reads -----------------------------------------------------------------
@@ -498,7 +499,7 @@ def test_preview_of_an_invalid_email_shows_why_and_keeps_the_bundle(project):
 
 def test_bundle_stores_binary_parts_in_the_parts_dir(tmp_path, monkeypatch, figure):
     parts = tmp_path / "parts"
-    monkeypatch.setenv(report.PARTS_DIR_ENV, str(parts))
+    monkeypatch.setenv(protocol.PARTS_DIR_ENV, str(parts))
     mail = report.email("Parts", to="a@example.com")
     mail.chart(figure)
     mail.attach(b"a,b\n1,2\n", "data.csv")
@@ -518,11 +519,11 @@ def test_bundle_stores_binary_parts_in_the_parts_dir(tmp_path, monkeypatch, figu
         "sha256": hashlib.sha256(b"a,b\n1,2\n").hexdigest(),
         "file": hashlib.sha256(b"a,b\n1,2\n").hexdigest() + ".csv",
     }
-    assert report.decode_part(attachment, parts) == b"a,b\n1,2\n"
+    assert protocol.decode_part(attachment, parts) == b"a,b\n1,2\n"
     # a part changed after the run is refused
     (parts / attachment["file"]).write_bytes(b"a,b\n9,9\n")
     with pytest.raises(ValueError, match="sha256 mismatch"):
-        report.decode_part(attachment, parts)
+        protocol.decode_part(attachment, parts)
 
 
 def test_changes_bump_the_revision():
@@ -604,7 +605,7 @@ def test_send_test_respects_the_size_limit_from_env(project):
 
 
 def test_send_test_does_nothing_in_a_scheduled_run(project, monkeypatch, capsys):
-    monkeypatch.setenv(report.RUN_ID_ENV, "abc123")
+    monkeypatch.setenv(protocol.RUN_ID_ENV, "abc123")
     assert report.in_scheduled_run()
     mail = report.email("Scheduled", to="a@example.com")
     assert mail.send_test("me@example.com") == []
@@ -621,8 +622,8 @@ def test_email_is_annotated_to_return_a_report_email():
 def test_filtered_frame_drops_its_row_numbers_but_named_index_stays():
     import pandas as pd
 
-    from notifier.parts import attachment_part
-    from notifier.tables import dataframe_html
+    from notifier.mail.parts import attachment_part
+    from notifier.mail.tables import dataframe_html
 
     frame = pd.DataFrame({"region": ["N", "S", "E"], "units": [1, 2, 3]})
     filtered = frame[frame["units"] > 1]  # index [1, 2]: row numbers, not data
@@ -690,7 +691,7 @@ def test_preview_header_cells_set_the_styles_a_host_page_would_change(project):
 
 
 def test_preview_of_an_email_without_recipients_shows_the_runs(project, monkeypatch):
-    variables = report.default_recipients_environment(
+    variables = protocol.default_recipients_environment(
         ["boss@example.com"], ["team@example.com"], ["audit@example.com"]
     )  # what the runner sets for the kernel
     assert variables == {
@@ -708,14 +709,14 @@ def test_preview_of_an_email_without_recipients_shows_the_runs(project, monkeypa
     assert "audit@example.com  (envelope only, not in headers)" in page
     assert "job&#x27;s recipients" not in page
     assert bundle["text/plain"].startswith("<ReportEmail 'For the job' to boss@example.com, team@")
-    assert bundle[report.EMAIL_MIME]["to"] == []  # the runner still decides who gets it
+    assert bundle[protocol.EMAIL_MIME]["to"] == []  # the runner still decides who gets it
 
 
 @pytest.mark.parametrize(
     "value", ["", "not json", "[]", '{"to": 5}', '{"to": []}', '{"to": ["a@example.com", 1]}']
 )
 def test_unusable_default_recipients_fall_back_to_the_placeholder(project, monkeypatch, value):
-    monkeypatch.setenv(report.DEFAULT_RECIPIENTS_ENV, value)
+    monkeypatch.setenv(protocol.DEFAULT_RECIPIENTS_ENV, value)
     mail = report.email("For the job")
     assert "(the job&#x27;s recipients, from jobs.yaml or --to)" in mail.preview_html()
 
@@ -753,7 +754,7 @@ def test_send_test_refused_address_raises_one_error_with_the_fix(
     from smtp_server import Behaviour
 
     from notifier.errors import DeliveryError
-    from notifier.interactive import SendTestError
+    from notifier.notebook.interactive import SendTestError
 
     server = smtp_server_factory("plain", behaviour=Behaviour(refuse=["bad@example.com"]))
     smtp_env(project, server)

@@ -1,4 +1,4 @@
-"""notifier.runner with real Jupyter kernels: execute, collect, deliver, fail, time out, keep secrets.
+"""notifier.notebook.execute with real Jupyter kernels: execute, collect, deliver, fail, time out, keep secrets.
 
 Kernel runs are slow (~4 s each), so runs that several tests inspect are module-scoped
 fixtures. Delivery goes to the memory or outbox transport, which build the real MIME.
@@ -23,15 +23,15 @@ import psutil
 import pytest
 
 from notebooks import kernels_of_run, write_notebook
-from notifier.config import parse_settings
 from notifier.errors import RunError
 from notifier.ledger import Ledger
-from notifier.report import EMAIL_MIME
-from notifier.runner import Execution, RunRequest, _finish_execution, execute
+from notifier.mail.transport.base import Outgoing
+from notifier.mail.transport.memory import MemoryTransport
+from notifier.mail.transport.outbox import OutboxTransport
+from notifier.notebook.bundle import EMAIL_MIME
+from notifier.notebook.execute import Execution, RunRequest, _finish_execution, execute
 from notifier.runs.path import RunPath, RunResult, adhoc_job
-from notifier.transport.base import Outgoing
-from notifier.transport.memory import MemoryTransport
-from notifier.transport.outbox import OutboxTransport
+from notifier.settings import parse_settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UTC = timezone.utc
@@ -799,7 +799,7 @@ def test_cli_bad_parameter_is_one_clear_error(cli_project):
 
 
 def test_each_attempt_of_a_run_gets_its_own_folder(tmp_path: Path) -> None:
-    from notifier.runner import run_folder
+    from notifier.notebook.execute import run_folder
 
     when = datetime(2026, 11, 22, 8, 0, tzinfo=timezone.utc)
     first = run_folder(tmp_path, "daily sales", "abc123", when)
@@ -811,7 +811,7 @@ def test_each_attempt_of_a_run_gets_its_own_folder(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_runs_folder_is_a_clear_error(tmp_path: Path) -> None:
-    from notifier.runner import run_folder
+    from notifier.notebook.execute import run_folder
 
     blocker = tmp_path / "runs"
     blocker.write_text("a file, not a folder")
@@ -905,7 +905,7 @@ def test_attach_output_puts_the_rendered_output_on_every_email(tmp_path):
 
 
 def test_the_kernel_cannot_read_the_projects_env(tmp_path):
-    from notifier.sandbox import landlock_abi
+    from notifier.notebook.sandbox import landlock_abi
 
     if landlock_abi() < 1:
         if os.environ.get("CI") == "true":

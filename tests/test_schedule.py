@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.date import DateTrigger
 
-from notifier.cron import CrontabTrigger
-from notifier.durations import format_duration, parse_duration
-from notifier.schedule import (
+from notifier.jobs.cron import CrontabTrigger
+from notifier.jobs.durations import format_duration, parse_duration
+from notifier.jobs.schedules import (
     AnchoredIntervalTrigger,
     build_trigger,
     next_fire_times,

@@ -1,4 +1,4 @@
-"""notifier.scheduler in-process: misfire policies, exactly-once slots, retries, cooldown,
+"""notifier.daemon.daemon in-process: misfire policies, exactly-once slots, retries, cooldown,
 recovery emails, retention, reload of jobs.yaml and DST-exact missed slots.
 
 The daemon gets a controllable clock and a MemoryTransport; the ledger is a real SQLite
@@ -23,17 +23,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notebooks import write_notebook
-from notifier.config import Settings, parse_settings
+from notifier.daemon.daemon import Daemon, missed_slots
 from notifier.delivery.planning import plan_email
 from notifier.jobs import Job
+from notifier.jobs.schedules import parse_schedule
 from notifier.ledger import Ledger
 from notifier.ledger.queue import Answer
 from notifier.ledger.statuses import RecipientStatus
-from notifier.message import Email
-from notifier.runner import run_folder
-from notifier.schedule import parse_schedule
-from notifier.scheduler import Daemon, missed_slots
-from notifier.transport.memory import MemoryTransport
+from notifier.mail.model import Email
+from notifier.mail.transport.memory import MemoryTransport
+from notifier.notebook.execute import run_folder
+from notifier.settings import Settings, parse_settings
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -243,7 +243,7 @@ jobs:
         )
     )  # 120 missed slots
     daemon._submit = lambda work: None  # type: ignore[method-assign] # log only, run nothing
-    with caplog.at_level(logging.WARNING, logger="notifier.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="notifier.daemon.daemon"):
         daemon._catch_up()
     assert [r.getMessage() for r in caplog.records] == [
         "minutely: missed 120 slots 07:01-09:00 while down; "
@@ -272,7 +272,7 @@ jobs:
 """
     )
     daemon = project.daemon(Clock(at(8, 11)))
-    with caplog.at_level(logging.WARNING, logger="notifier.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="notifier.daemon.daemon"):
         daemon._fire("graceful", slot=at(8))  # 11 min late, grace 10 min
         daemon._fire("strict", slot=at(8))  # 'skip' tolerates one minute of lateness
         daemon._fire("no-such-job", slot=at(8))
@@ -764,7 +764,7 @@ def test_reload_applies_edits_and_keeps_the_schedule_on_a_bad_edit(
 
     project.write_jobs(JOBS_V1)
     daemon = project.daemon(Clock(datetime.now(UTC)), poll_interval=0.1)
-    with caplog.at_level(logging.INFO, logger="notifier.scheduler"):
+    with caplog.at_level(logging.INFO, logger="notifier.daemon.daemon"):
         daemon.start()
         assert scheduled(daemon) == {
             "alpha": "crontab[0 3 1 1 *]",
@@ -895,7 +895,7 @@ jobs:
     last = datetime(now.year - 2, 1, 1, 3, tzinfo=UTC)  # last year's slot is far past grace
     seed_finished(project.ledger(), "daily", last)
     daemon = project.daemon(lambda: datetime.now(UTC))
-    with caplog.at_level(logging.INFO, logger="notifier.scheduler"):
+    with caplog.at_level(logging.INFO, logger="notifier.daemon.daemon"):
         daemon.start()
     job = daemon.scheduler.get_job("daily")
     assert job is not None and job.next_run_time > now

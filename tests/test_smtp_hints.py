@@ -8,9 +8,9 @@ import ssl
 
 import pytest
 
-from notifier.config import Secret, Settings
 from notifier.errors import DeliveryError
-from notifier.smtp_hints import explain, hint, is_timeout
+from notifier.mail.hints import explain, hint, is_timeout
+from notifier.settings import Secret, Settings
 
 
 def settings(**overrides) -> Settings:
@@ -140,7 +140,7 @@ def test_a_provider_host_that_does_not_resolve_means_no_network_not_a_typo():
 
 
 def test_a_name_that_does_not_resolve_while_others_fail_too_means_no_network():
-    from notifier.smtp_hints import ResolverDown
+    from notifier.mail.hints import ResolverDown
 
     dns = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     down = ResolverDown(dns, ("smtp.gmail.com", "example.com"))
@@ -153,7 +153,7 @@ def test_a_name_that_does_not_resolve_while_others_fail_too_means_no_network():
 
 @pytest.mark.parametrize("port", [465, 2465])
 def test_tls_where_the_greeting_was_due_is_a_settings_error_never_retried(port):
-    from notifier.smtp_hints import ImplicitTLSGreeting
+    from notifier.mail.hints import ImplicitTLSGreeting
 
     s = settings(port=port, security="none" if port == 465 else "starttls")
     record = smtplib.SMTPConnectError(-1, b"\x15\x03\x03\x00\x02\x02\x16")
@@ -165,7 +165,7 @@ def test_tls_where_the_greeting_was_due_is_a_settings_error_never_retried(port):
 
 
 def test_silence_without_tls_is_retried_except_on_465():
-    from notifier.smtp_hints import NoGreeting
+    from notifier.mail.hints import NoGreeting
 
     silent = NoGreeting("timed out")
     assert is_timeout(silent)

@@ -1,4 +1,4 @@
-"""notifier.tables: numbers in their column's natural format, and explicit formats."""
+"""notifier.mail.tables: numbers in their column's natural format, and explicit formats."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from notifier.errors import MessageError
-from notifier.tables import auto_float_format, dataframe_html
+from notifier.mail.tables import auto_float_format, dataframe_html
 
 
 def cells(markup: str) -> list[list[str]]:

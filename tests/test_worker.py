@@ -1,6 +1,6 @@
-"""notifier.worker with real kernels: the error record, the kernel it picks, hide_code.
+"""notifier.notebook.worker with real kernels: the error record, the kernel it picks, hide_code.
 
-Each case is one ``python -m notifier.worker spec.json`` run with a spec written here,
+Each case is one ``python -m notifier.notebook.worker spec.json`` run with a spec written here,
 as the runner writes it; the runs of a module start together to save time.
 """
 
@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from notebooks import WorkerRun, run_worker, write_notebook
-from notifier.archive import render_html
+from notifier.notebook.archive import render_html
 
 RUN_METADATA = {"run_id": "worker-test", "job_name": "test"}
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from notifier.archive import find_browser
+from notifier.notebook.archive import find_browser
 
 INSTALL = "make test installs them (as root, with apt-get): apt-get install chromium poppler-utils"
 

@@ -1,7 +1,7 @@
 """The emails notifier writes itself: a run failed, a run could not start, an alert
 recovered, mail could not be delivered. One builder each, one rule for who gets them.
 
-**Who hears about problems** (:attr:`notifier.jobs.Job.failure_recipients`): the job's
+**Who hears about problems** (:attr:`notifier.jobs.model.Job.failure_recipients`): the job's
 ``on_failure:`` (or ``notifier run --on-failure``) when set, else its ``to:`` and ``cc:``
 recipients; never ``bcc:`` recipients, who are often customers or a mailing list that
 should not see a traceback. Notices go through the outbound queue like reports, so a mail outage delays
@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from notifier.message import Email
-from notifier.parts import Part
+from notifier.mail.model import Email
+from notifier.mail.parts import Part
 
 _RED = "#b00020"
 

@@ -1,4 +1,4 @@
-"""Planning: an :class:`~notifier.message.Email` becomes a queue entry, and back.
+"""Planning: an :class:`~notifier.mail.model.Email` becomes a queue entry, and back.
 
 Planning composes each email once (so an invalid address, a line break in a header or an
 oversized message fails the run with the real cause before anything is queued), fixes
@@ -24,9 +24,9 @@ from datetime import datetime
 from email.utils import formatdate
 
 from notifier.ledger.queue import DueMessage, NewMessage
-from notifier.message import Email, InlineImage, compose
-from notifier.parts import Part
-from notifier.transport.base import Outgoing
+from notifier.mail.model import Email, InlineImage, compose
+from notifier.mail.parts import Part
+from notifier.mail.transport.base import Outgoing
 
 SPEC_VERSION = 1
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.:@=+-]+")

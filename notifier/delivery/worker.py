@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import TypeVar
 
-from notifier.config import Settings
 from notifier.delivery.backoff import Backoff
 from notifier.delivery.notices import delivery_problems_email, one_line
 from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
@@ -38,7 +37,8 @@ from notifier.errors import MessageError
 from notifier.ledger import Ledger, LedgerError, Run
 from notifier.ledger.queue import Answer, DueMessage, QueueRow
 from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
-from notifier.transport.base import DataRefused, SendResult, Session, Transport
+from notifier.mail.transport.base import DataRefused, SendResult, Session, Transport
+from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
 
@@ -460,7 +460,7 @@ class Deliverer:
 
 def default_transports(settings: Settings) -> TransportFactory:
     """``default``: SMTP when configured, else the outbox; ``outbox``: the outbox."""
-    from notifier.transport import transport_for
+    from notifier.mail.transport import transport_for
 
     def make(kind: str) -> Transport:
         return transport_for(settings, dry_run=kind == "outbox")
