@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-tools lint bench lab clean
+.PHONY: setup run test test-fast test-tools lint bench lab clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "notifier needs Python >= 3.10 (set PYTHON=python3.11)")'
@@ -19,9 +19,14 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/notifier schedule jobs.yaml
 
-## make test: lint + the whole test suite
+## make test: lint + the whole test suite (what CI runs)
 test: setup test-tools lint
 	$(PY) -m pytest -q
+
+## make test-fast: the inner loop: lint + everything but the slow real-process tests
+## (daemons killed and restarted, mail outages, two-node takeovers, PDF printing)
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"
 
 ## The PDF tests print with Chromium and read the PDF back with poppler-utils. As root with
 ## apt-get (Debian/Ubuntu) the missing ones are installed; otherwise those tests are skipped

@@ -130,14 +130,16 @@ class Settings:
     retry_backoff_max: float = 900.0
     # a node is dead when it has not renewed its lease for this long
     lease_seconds: float = 60.0
+    # NOTIFIER_TRANSPORT: smtp | outbox | memory; None = smtp when SMTP_HOST is set, else outbox
+    transport: str | None = None
     # Loaded with smtp=False: the SMTP problem that was set aside (the SMTP fields then hold
     # only what could be read); None when the SMTP settings are valid.
     smtp_error: ConfigError | None = field(default=None, repr=False, compare=False)
 
     @property
     def uses_outbox(self) -> bool:
-        """True when no SMTP server is configured (the embedded default)."""
-        return self.host is None
+        """True when mail goes to the local outbox (no SMTP server, or NOTIFIER_TRANSPORT)."""
+        return self.transport == "outbox" or (self.transport is None and self.host is None)
 
     @property
     def from_address(self) -> str:
@@ -257,7 +259,7 @@ def _parse_float(values: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _parse_duration(values: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    from notifier.jobs.durations import DURATION_FORM, parse_duration
+    from notifier.durations import DURATION_FORM, parse_duration
 
     raw = _get(values, name)
     if raw is None:
@@ -280,6 +282,27 @@ _EXAMPLES = {
     "NOTIFIER_RETRY_BACKOFF_MAX": "15m",
     "NOTIFIER_LEASE_SECONDS": "60",
 }
+
+
+TRANSPORTS = ("smtp", "outbox", "memory")
+
+
+def _parse_transport(values: Mapping[str, str]) -> str | None:
+    raw = _get(values, "NOTIFIER_TRANSPORT")
+    if raw is None:
+        return None
+    if raw.lower() not in TRANSPORTS:
+        raise ConfigError(
+            f"NOTIFIER_TRANSPORT={raw!r} is not one of {', '.join(TRANSPORTS)}.",
+            "leave it unset (SMTP when SMTP_HOST is set, else the outbox), or set smtp, "
+            "outbox, or memory (tests: nothing leaves the process)",
+        )
+    if raw.lower() == "smtp" and not (_get(values, "SMTP_HOST") or _get(values, "SMTP_PROVIDER")):
+        raise ConfigError(
+            "NOTIFIER_TRANSPORT=smtp but no SMTP server is set.",
+            "set SMTP_HOST (or SMTP_PROVIDER), or unset NOTIFIER_TRANSPORT to use the outbox",
+        )
+    return raw.lower()
 
 
 def _parse_security(values: Mapping[str, str]) -> str | None:
@@ -356,6 +379,7 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "timezone": timezone,
         "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
         "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
+        "transport": _parse_transport(values),
         "delivery_lifetime": _parse_duration(values, "NOTIFIER_DELIVERY_LIFETIME", 86400.0, 1.0),
         "retry_backoff": backoff,
         "retry_backoff_max": backoff_max,

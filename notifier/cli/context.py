@@ -80,7 +80,13 @@ def announce_outbox(settings: Settings, *, dry_run: bool = False) -> None:
     if _outbox_notice_shown or not (dry_run or settings.uses_outbox):
         return
     _outbox_notice_shown = True
-    reason = "--dry-run" if dry_run else "no SMTP_HOST is set"
+    reason = (
+        "--dry-run"
+        if dry_run
+        else "NOTIFIER_TRANSPORT=outbox"
+        if settings.transport == "outbox"
+        else "no SMTP_HOST is set"
+    )
     advice = (
         ""
         if not settings.uses_outbox

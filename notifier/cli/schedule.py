@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out `notifier schedule`; returns the exit code."""
     from notifier.cli.context import announce_outbox, resolve_jobs_file, settings_for_jobs
-    from notifier.daemon.daemon import Daemon
+    from notifier.daemon import Daemon
     from notifier.errors import UsageError
     from notifier.notebook.processes import hide_environment_from_children
 

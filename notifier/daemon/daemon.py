@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from notifier.daemon.executor import SlotExecutor
+from notifier.daemon.misfire import missed_slots, missed_summary
 from notifier.delivery.service import DeliveryService
 from notifier.delivery.worker import TransportFactory
 from notifier.errors import JobsFileError
@@ -42,78 +43,12 @@ from notifier.runs.path import RunPath, RunResult
 from notifier.runs.summary import closing_line
 from notifier.settings import Settings
 
-log = logging.getLogger("notifier.daemon.daemon")
+log = logging.getLogger("notifier.daemon")
 
 # A slot that starts later than this counts as missed for the 'skip' policy.
 LATE_TOLERANCE = timedelta(seconds=60)
 # How often a running daemon looks for runs of dead or stopped nodes to take over.
 RECOVERY_INTERVAL = 10.0
-
-
-class SlotExecutor(ThreadPoolExecutor):
-    """APScheduler's thread pool, but the job function receives its scheduled time.
-
-    APScheduler 3 calls job functions without the run time they were scheduled
-    for; the slot is the ledger's key, so it is passed as ``slot=``.
-    """
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        def run() -> list[Any]:
-            for run_time in run_times:
-                job.func(*job.args, slot=run_time, **job.kwargs)
-            return []
-
-        def done(future: Any) -> None:
-            if future.cancelled():  # queued when the daemon stopped
-                self._run_job_success(job.id, [])
-                return
-            error = future.exception()
-            if error is not None:
-                self._run_job_error(job.id, error, error.__traceback__)
-            else:
-                self._run_job_success(job.id, [])
-
-        self._pool.submit(run).add_done_callback(done)
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the pool; queued runs are cancelled, running ones go on."""
-        self._pool.shutdown(wait, cancel_futures=True)
-
-
-def missed_slots(job: Job, after: datetime, now: datetime, limit: int = 10_000) -> list[datetime]:
-    """Fire times of ``job`` strictly after ``after`` and not after ``now`` (oldest first)."""
-    trigger = job.trigger()
-    slots: list[datetime] = []
-    previous = after
-    while len(slots) < limit:
-        candidate = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
-        if candidate is None or candidate > now:
-            break
-        if candidate > after:
-            slots.append(candidate)
-        previous = candidate
-    return slots
-
-
-def _span(slots: list[datetime], job: Job) -> str:
-    first, last = (s.astimezone(job.tz) for s in (slots[0], slots[-1]))
-    fmt = "%H:%M" if first.date() == last.date() else "%Y-%m-%d %H:%M"
-    return first.strftime(fmt) if len(slots) == 1 else f"{first:{fmt}}-{last:{fmt}}"
-
-
-def _missed_summary(
-    job: Job, slots: list[datetime], within: list[datetime], to_run: list[datetime], policy: str
-) -> str:
-    """One line for everything a job missed while the daemon was down."""
-    head = (
-        f"missed {len(slots)} slot{'s' if len(slots) != 1 else ''} {_span(slots, job)} while down"
-    )
-    if not to_run:
-        reason = "all past the grace period" if not within else f"policy {policy}: none runs"
-        return f"{head}; {reason}"
-    if policy == "run_once":
-        return f"{head}; policy run_once: running the latest ({_span(to_run, job)})"
-    return f"{head}; policy catch_up: running {len(to_run)} ({_span(to_run, job)})"
 
 
 def _fingerprint(job: Job) -> str:
@@ -133,9 +68,11 @@ class Daemon:
         poll_interval: float = 2.0,
         transports: TransportFactory | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        inline: bool = False,
     ) -> None:
         self.jobs_path = Path(jobs_path)
         self.settings = settings
+        self.inline = inline
         self.poll_interval = poll_interval
         self.clock = clock
         self.stopping = threading.Event()
@@ -168,6 +105,16 @@ class Daemon:
         self.scheduler.add_listener(self._on_overlap, EVENT_JOB_MAX_INSTANCES)
         self._watcher: threading.Thread | None = None
 
+    @property
+    def jobs(self) -> dict[str, Job]:
+        """The jobs of the jobs file as last loaded (a reload replaces them)."""
+        return dict(self._jobs)
+
+    @property
+    def watching(self) -> bool:
+        """True while the daemon watches jobs.yaml for changes."""
+        return self._watcher is not None and self._watcher.is_alive()
+
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
         """Recover, apply misfire policies, then start firing and watching jobs.yaml."""
@@ -182,8 +129,8 @@ class Daemon:
         )
         self.ledger.nodes.ensure_registered()
         self.scheduler.start(paused=True)
-        self._recover_interrupted()
-        self._catch_up()
+        self.recover()
+        self.catch_up()
         for job in enabled:
             self._add(job)
         self.scheduler.resume()
@@ -197,14 +144,14 @@ class Daemon:
 
     def _add(self, job: Job) -> None:
         self.scheduler.add_job(
-            self._fire,
+            self.fire,
             trigger=job.trigger(),
             id=job.name,
             name=job.name,
             args=[job.name],
             max_instances=1,
             coalesce=job.misfire.policy != "catch_up",
-            misfire_grace_time=None,  # lateness is judged in _fire by the job's own policy
+            misfire_grace_time=None,  # lateness is judged in fire() by the job's own policy
             replace_existing=True,
         )
 
@@ -216,7 +163,8 @@ class Daemon:
             runs.setdefault(run.run_id, run)
         return sorted(runs.values(), key=lambda run: run.slot)
 
-    def _recover_interrupted(self) -> None:
+    def recover(self) -> None:
+        """Take over runs of dead or stopped nodes; re-run them per their misfire policy."""
         now = self.clock()
         for run in self._interrupted_runs():
             job = self._jobs.get(run.job)
@@ -236,7 +184,8 @@ class Daemon:
             else:
                 self._submit(lambda j=job, r=run: self._resume(j, r))
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
+        """Apply each job's misfire policy to the slots missed while no daemon ran."""
         now = self.clock()
         for job in self._jobs.values():
             if not job.enabled:
@@ -251,16 +200,21 @@ class Daemon:
             within = [s for s in slots if now - s <= grace]
             policy = job.misfire.policy
             to_run = {"skip": [], "run_once": within[-1:], "catch_up": within}[policy]
-            log.warning("%s: %s", job.name, _missed_summary(job, slots, within, to_run, policy))
+            log.warning("%s: %s", job.name, missed_summary(job, slots, within, to_run, policy))
             if to_run:
                 self._submit(lambda j=job, s=to_run: [self._run(j, slot, "catch_up") for slot in s])
 
     def _submit(self, work: Callable[[], Any]) -> None:
-        """Run recovery work in the background so the schedule starts on time."""
+        """Run recovery work in the background so the schedule starts on time (inline when
+        the daemon was made with ``inline=True``, as tests and embedding code do)."""
+        if self.inline:
+            work()
+            return
         threading.Thread(target=work, name="recovery", daemon=True).start()
 
     # -- firing --------------------------------------------------------------------------
-    def _fire(self, name: str, *, slot: datetime | None = None) -> None:
+    def fire(self, name: str, *, slot: datetime | None = None) -> None:
+        """Run ``slot`` of the job ``name`` as the scheduler does when its time comes."""
         if self.stopping.is_set() or slot is None:  # slot is always passed by SlotExecutor
             return
         job = self._jobs.get(name)
@@ -362,7 +316,7 @@ class Daemon:
                 # another daemon on this ledger may have died or stopped: take over its runs
                 last_recovery = time.monotonic()
                 try:
-                    self._recover_interrupted()
+                    self.recover()
                 except Exception as error:  # the ledger may be down: one line, not a traceback
                     log.warning("recovery check failed (%s); trying again later", error)
             state = self._stat()

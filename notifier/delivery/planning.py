@@ -24,9 +24,8 @@ from datetime import datetime
 from email.utils import formatdate
 
 from notifier.ledger.queue import DueMessage, NewMessage
-from notifier.mail.model import Email, InlineImage, compose
+from notifier.mail.model import Email, InlineImage, Outgoing, compose
 from notifier.mail.parts import Part
-from notifier.mail.transport.base import Outgoing
 
 SPEC_VERSION = 1
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.:@=+-]+")

@@ -24,8 +24,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from notifier.durations import format_duration, parse_duration
 from notifier.jobs.cron import CRONTAB_FORM, CrontabTrigger, parse_crontab, resolve_local
-from notifier.jobs.durations import format_duration, parse_duration
 
 SCHEDULE_FORM = (
     f"{CRONTAB_FORM}, a macro like '@daily', {{every: 5m}} (optionally with start: "

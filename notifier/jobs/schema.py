@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from notifier.jobs.durations import DURATION_FORM, parse_duration
+from notifier.durations import DURATION_FORM, parse_duration
 from notifier.jobs.model import DEFAULT_GRACE, DEFAULT_RETRY_DELAY
 from notifier.jobs.schedules import SCHEDULE_FORM, Schedule, parse_schedule
 

@@ -30,25 +30,11 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
-from notifier.errors import NotifierError
+from notifier.errors import LedgerConfigError, LedgerError, NoLedgerYet
 from notifier.ledger.schema import SCHEMA_VERSION, as_utc, meta_table, metadata, migrate
 
 DEFAULT_URL = "sqlite:///notifier.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-
-
-class LedgerError(NotifierError):
-    """The ledger database cannot be opened or used (locked file, server unreachable)."""
-
-
-class LedgerConfigError(LedgerError):
-    """``NOTIFIER_DB_URL`` is not a usable URL or its driver is not installed (bad input)."""
-
-    exit_code = 2
-
-
-class NoLedgerYet(LedgerError):
-    """A read-only command found no ledger: nothing has run in this project yet."""
 
 
 def _enable_wal(cursor: Any) -> None:

@@ -12,6 +12,9 @@ Tables:
   ``recipients`` holds one row per (message, recipient) with its delivery state.
 * ``deliveries``: an append-only log, one row per answer a recipient got (accepted,
   refused, deferred, unknown...), for history and the dashboard.
+* ``run_files``: what a user reads about a run (its rendered output, the worker's log),
+  compressed, so every node can show runs that executed on another.
+* ``job_pauses``: jobs paused with ``notifier pause``; every node obeys.
 
 Schema 1 (notifier 0.1) had ``runs`` and ``deliveries`` only; :func:`migrate` brings it to
 the current version in place.
@@ -112,11 +115,34 @@ runs_table = Table(
     Column("notebook", Text),
     Column("parameters", Text),  # JSON, as passed to papermill (never a secret: refused)
     Column("failure_recipients", Text),  # JSON list: who hears about this run's problems
+    Column("progress", Text),  # JSON while the notebook runs: {"cell": i, "cells": n, ...}
     UniqueConstraint("job", "slot", "slot_kind", name="uq_runs_job_slot_kind"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_job_alert", "job", "alert_key"),
     Index("ix_runs_job_slot", "job", "slot"),
     Index("ix_runs_slot", "slot"),
+)
+
+run_files_table = Table(
+    "run_files",
+    metadata,
+    # what a user reads about a run on any node (output.html, worker.log, ...), compressed
+    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("compressed", Boolean, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+pauses_table = Table(
+    "job_pauses",
+    metadata,
+    # `notifier pause JOB`: every node obeys it; jobs.yaml stays the truth for the rest
+    Column("job", String(400), primary_key=True),
+    Column("paused_at", UTCDateTime, nullable=False),
+    Column("paused_by", String(300), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
 )
 
 nodes_table = Table(
@@ -227,6 +253,7 @@ _ADDED_IN_2 = (
     ("runs", "notebook", "TEXT"),
     ("runs", "parameters", "TEXT"),
     ("runs", "failure_recipients", "TEXT"),
+    ("runs", "progress", "TEXT"),
     ("deliveries", "recipient_pk", "INTEGER"),
 )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +37,9 @@ from notifier.ledger.schema import (
     messages_table,
     meta_table,
     part_links_table,
+    pauses_table,
     recipients_table,
+    run_files_table,
     runs_table,
 )
 from notifier.ledger.statuses import (
@@ -421,6 +424,99 @@ class Ledger:
         began = row.started_at or row.claimed_at
         return {"finished_at": now, "duration_s": max(0.0, (now - began).total_seconds())}
 
+    def set_progress(self, run_id: str, progress: dict[str, Any] | None) -> None:
+        """Record how far the run's notebook is (shown live by the dashboard)."""
+        with self.db.tx(write=True) as conn:
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.run_id == run_id)
+                .values(progress=json.dumps(progress) if progress is not None else None)
+            )
+
+    def progress(self, run_id: str) -> dict[str, Any] | None:
+        """The progress a running run reported last, or None."""
+        with self.db.tx(write=False) as conn:
+            value = conn.execute(
+                select(runs_table.c.progress).where(runs_table.c.run_id == run_id)
+            ).scalar()
+        return json.loads(value) if value else None
+
+    # --------------------------------------------------------------- run files
+
+    def save_run_file(self, run_id: str, name: str, data: bytes) -> None:
+        """Keep a file of the run (output.html, worker.log, ...) in the ledger, compressed."""
+        packed = zlib.compress(data, 6)
+        compressed = len(packed) < len(data)
+        values = {
+            "size": len(data),
+            "compressed": compressed,
+            "data": packed if compressed else data,
+            "created_at": self.db.now(),
+        }
+        where = (run_files_table.c.run_id == run_id, run_files_table.c.name == name)
+        with self.db.tx(write=True) as conn:
+            done = conn.execute(update(run_files_table).where(*where).values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(run_files_table).values(run_id=run_id, name=name, **values))
+
+    def run_file(self, run_id: str, name: str) -> bytes | None:
+        """A file kept with :meth:`save_run_file`, or None."""
+        with self.db.tx(write=False) as conn:
+            row = conn.execute(
+                select(run_files_table.c.compressed, run_files_table.c.data).where(
+                    run_files_table.c.run_id == run_id, run_files_table.c.name == name
+                )
+            ).first()
+        if row is None:
+            return None
+        data = bytes(row.data)
+        return zlib.decompress(data) if row.compressed else data
+
+    def run_file_names(self, run_id: str) -> list[str]:
+        """The names of the files kept for a run."""
+        with self.db.tx(write=False) as conn:
+            return sorted(
+                conn.execute(
+                    select(run_files_table.c.name).where(run_files_table.c.run_id == run_id)
+                ).scalars()
+            )
+
+    # ------------------------------------------------------------------ pauses
+
+    def pause(self, job: str, *, reason: str = "", by: str | None = None) -> bool:
+        """Pause a job on every node (False when it was paused already)."""
+        with self.db.tx(write=True) as conn:
+            if conn.execute(select(pauses_table.c.job).where(pauses_table.c.job == job)).first():
+                return False
+            conn.execute(
+                insert(pauses_table).values(
+                    job=job,
+                    paused_at=self.db.now(),
+                    paused_by=by or self._owner,
+                    reason=clip(reason, MAX_TEXT, "reason") or "",
+                )
+            )
+        return True
+
+    def resume(self, job: str) -> bool:
+        """Lift a pause (False when the job was not paused)."""
+        with self.db.tx(write=True) as conn:
+            done = conn.execute(delete(pauses_table).where(pauses_table.c.job == job))
+        return done.rowcount > 0
+
+    def paused(self) -> dict[str, dict[str, Any]]:
+        """Paused jobs: name -> {paused_at, paused_by, reason}."""
+        with self.db.tx(write=False) as conn:
+            rows = conn.execute(select(pauses_table))
+            return {
+                row.job: {
+                    "paused_at": row.paused_at,
+                    "paused_by": row.paused_by,
+                    "reason": row.reason,
+                }
+                for row in rows
+            }
+
     def set_notes(self, run_id: str, notes: str) -> None:
         """Replace a run's notes (whoever holds it: notes describe, they decide nothing)."""
         with self.db.tx(write=True) as conn:
@@ -644,6 +740,7 @@ class Ledger:
 
     @staticmethod
     def _delete_mail(conn: Connection, run_ids: list[str]) -> None:
+        conn.execute(delete(run_files_table).where(run_files_table.c.run_id.in_(run_ids)))
         conn.execute(delete(deliveries_table).where(deliveries_table.c.run_id.in_(run_ids)))
         conn.execute(delete(recipients_table).where(recipients_table.c.run_id.in_(run_ids)))
         doomed = select(messages_table.c.id).where(messages_table.c.run_id.in_(run_ids))

@@ -29,7 +29,7 @@ from email.utils import format_datetime, make_msgid
 
 from notifier.errors import ConfigError, DeliveryError
 from notifier.mail.hints import Hint, hint, reply_text
-from notifier.mail.transport.base import Outgoing
+from notifier.mail.model import Outgoing
 from notifier.mail.transport.smtp import (
     SMTPConnection,
     SMTPSSLConnection,

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid
+from functools import cached_property
 
 from notifier.errors import MessageError
 from notifier.mail.htmltext import html_to_text
 from notifier.mail.parts import Part
-from notifier.mail.transport.base import Outgoing
 
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -67,6 +67,35 @@ class Email:
         for addr in [*self.to, *self.cc, *self.bcc]:
             seen.setdefault(addr, None)
         return list(seen)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A composed message plus its SMTP envelope (Bcc lives only here, never in headers)."""
+
+    message: EmailMessage
+    sender: str
+    recipients: tuple[str, ...]
+
+    @cached_property
+    def data(self) -> bytes:
+        """The message as sent on the wire: CRLF line endings, lines folded for SMTP."""
+        return self.message.as_bytes(policy=email.policy.SMTP)
+
+    @property
+    def size(self) -> int:
+        """Encoded size in bytes."""
+        return len(self.data)
+
+    @property
+    def message_id(self) -> str:
+        """The Message-ID header."""
+        return str(self.message.get("Message-ID", ""))
+
+    @property
+    def subject(self) -> str:
+        """The Subject header."""
+        return str(self.message.get("Subject", ""))
 
 
 def check_header_value(name: str, value: str) -> str:

@@ -46,7 +46,7 @@ from notifier.settings import Settings, kernel_environment
 
 PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
 
-log = logging.getLogger("notifier.notebook.execute")
+log = logging.getLogger("notifier.notebook")
 
 DEFAULT_TIMEOUT = 600.0
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -17,6 +17,8 @@ from notifier.mail.transport import SendResult, transport_for
 from notifier.project import project_settings
 
 PLACEHOLDER_RECIPIENT = "recipients@job.invalid"
+
+
 def default_recipients() -> dict[str, list[str]] | None:
     """The run's recipients for emails that name none (``NOTIFIER_DEFAULT_RECIPIENTS``).
 

@@ -30,6 +30,8 @@ def load_notebook_json(path: Path) -> dict[str, Any]:
 
 def declared_parameters(notebook: dict[str, Any]) -> list[str] | None:
     """Names assigned in the cell tagged ``parameters``; None when there is no such cell."""
+    # ast, not papermill.inspect_notebook: its line-by-line parser misses `a = b = 1` and
+    # `x, y = 1, 2`, counts names assigned inside functions and accepts a broken cell
     for cell in notebook["cells"]:
         if cell.get("cell_type") != "code":
             continue

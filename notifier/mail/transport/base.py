@@ -8,41 +8,11 @@ a partial refusal is reported and never swallowed.
 
 from __future__ import annotations
 
-import email.policy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from functools import cached_property
 from typing import Protocol, runtime_checkable
 
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A composed message plus its SMTP envelope (Bcc lives only here, never in headers)."""
-
-    message: EmailMessage
-    sender: str
-    recipients: tuple[str, ...]
-
-    @cached_property
-    def data(self) -> bytes:
-        """The message as sent on the wire: CRLF line endings, lines folded for SMTP."""
-        return self.message.as_bytes(policy=email.policy.SMTP)
-
-    @property
-    def size(self) -> int:
-        """Encoded size in bytes."""
-        return len(self.data)
-
-    @property
-    def message_id(self) -> str:
-        """The Message-ID header."""
-        return str(self.message.get("Message-ID", ""))
-
-    @property
-    def subject(self) -> str:
-        """The Subject header."""
-        return str(self.message.get("Subject", ""))
+from notifier.mail.model import Outgoing
 
 
 @dataclass(frozen=True)

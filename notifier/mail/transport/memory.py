@@ -1,4 +1,8 @@
-"""In-memory transport for tests: the real MIME is built, nothing leaves the process."""
+"""In-memory transport for tests: the real MIME is built, nothing leaves the process.
+
+``NOTIFIER_TRANSPORT=memory`` gives transports that share one list, :data:`outbox`
+(like ``django.core.mail.outbox``), so a test can read what a run sent.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,19 @@ from collections.abc import Sequence
 
 from notifier.mail.transport.base import Outgoing, ResultCallback, SendResult, SimpleSession
 
+outbox: list[Outgoing] = []
+
 
 class MemoryTransport:
-    """Keeps every message in ``self.sent`` (like Django's locmem backend)."""
+    """Keeps every message in ``self.sent`` (like Django's locmem backend).
+
+    ``shared=True``: ``self.sent`` is the module's :data:`outbox`, shared by all of them.
+    """
 
     name = "memory"
 
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
+    def __init__(self, *, shared: bool = False) -> None:
+        self.sent: list[Outgoing] = outbox if shared else []
 
     def send(
         self, messages: Sequence[Outgoing], on_result: ResultCallback | None = None

@@ -22,7 +22,7 @@ from notebooks import WorkerRun, run_worker
 from notifier.mail.model import Email, compose
 from notifier.notebook.bundle import collect
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SCHEDULED = "2026-03-10T13:15:00+00:00"  # a Tuesday, inside the bundled data
 
 

@@ -22,7 +22,7 @@ import pytest
 from notifier.errors import NotifierError
 from notifier.ledger import SCHEMA_VERSION, Ledger, LedgerError, Run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UTC = timezone.utc
 T0 = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
 
@@ -608,7 +608,7 @@ def test_last_queries(ledger: Ledger) -> None:
 
 
 def test_purge_returns_paths_and_removes_mail(ledger: Ledger) -> None:
-    from test_queue import deliver_everything, message
+    from queued import deliver_everything, message
 
     old = ledger.claim("daily", T0)
     assert old is not None
@@ -689,3 +689,35 @@ def test_default_owner_format(ledger: Ledger) -> None:
     assert pid == str(os.getpid())
     start, nonce = token.split("-")
     assert start.isdigit() and len(nonce) == 8
+
+
+# ------------------------------------------------------- progress, files, pauses
+
+
+def test_progress_run_files_and_pauses(make_ledger: MakeLedger) -> None:
+    me, other = make_ledger(owner="me"), make_ledger(owner="other")
+    run = me.claim("daily", T0)
+    assert run is not None
+    assert other.progress(run.run_id) is None
+    me.set_progress(run.run_id, {"cell": 2, "cells": 7})
+    assert other.progress(run.run_id) == {"cell": 2, "cells": 7}
+
+    html = b"<html>" + b"chart " * 20_000 + b"</html>"
+    me.save_run_file(run.run_id, "output.html", html)
+    me.save_run_file(run.run_id, "worker.log", b"")
+    me.save_run_file(run.run_id, "worker.log", b"second version")
+    assert other.run_file(run.run_id, "output.html") == html  # readable from any node
+    assert other.run_file(run.run_id, "worker.log") == b"second version"
+    assert other.run_file(run.run_id, "missing") is None
+    assert other.run_file_names(run.run_id) == ["output.html", "worker.log"]
+    assert me.finish(run.run_id, "succeeded")
+    me.purge("daily", T0 + timedelta(days=1))
+    assert other.run_file_names(run.run_id) == []  # retention removes them with the run
+
+    assert me.pause("daily", reason="migrating the database")
+    assert not other.pause("daily")  # already paused
+    (paused,) = other.paused().items()
+    assert paused[0] == "daily" and paused[1]["reason"] == "migrating the database"
+    assert paused[1]["paused_by"] == "me"
+    assert other.resume("daily") and not me.resume("daily")
+    assert me.paused() == {}

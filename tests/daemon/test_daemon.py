@@ -1,10 +1,10 @@
-"""notifier.daemon.daemon in-process: misfire policies, exactly-once slots, retries, cooldown,
+"""notifier.daemon in-process: misfire policies, exactly-once slots, retries, cooldown,
 recovery emails, retention, reload of jobs.yaml and DST-exact missed slots.
 
 The daemon gets a controllable clock and a MemoryTransport; the ledger is a real SQLite
 file in tmp_path and the notebooks run in real kernels (~3-5 s each, so few of them).
 Recovery and catch-up work, which the daemon hands to background threads, runs inline
-here (``daemon._submit``) so each test can look at the outcome right after the call.
+here (``Daemon(inline=True)``) so each test can look at the outcome right after the call.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notebooks import write_notebook
-from notifier.daemon.daemon import Daemon, missed_slots
+from notifier.daemon import Daemon, missed_slots
 from notifier.delivery.planning import plan_email
 from notifier.jobs import Job
 from notifier.jobs.schedules import parse_schedule
@@ -110,9 +110,9 @@ class Project:
             self.settings,
             transports=lambda _kind: self.transport,
             clock=clock,
+            inline=True,  # recovery and catch-up run in the caller's thread
             **kwargs,
         )
-        daemon._submit = lambda work: work()  # type: ignore[method-assign]
         self.daemons.append(daemon)
         return daemon
 
@@ -190,7 +190,7 @@ jobs:
     daemon = project.daemon(Clock(at(12, 10)))  # ... until 12:10; grace reaches back to 10:30
 
     with caplog.at_level(logging.INFO, logger="notifier"):
-        daemon._catch_up()
+        daemon.catch_up()
 
     missed = [r for r in caplog.records if "missed" in r.getMessage()]
     assert len(missed) == 1, missed  # one line per job, however many slots
@@ -213,7 +213,7 @@ jobs:
     if expected:  # a second start (say, a quick restart) has nothing left to catch up
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="notifier"):
-            daemon._catch_up()
+            daemon.catch_up()
         assert not [r for r in caplog.records if "missed" in r.getMessage()]
         assert len(project.transport.sent) == len(expected)
 
@@ -242,9 +242,8 @@ jobs:
             + timedelta(seconds=1)
         )
     )  # 120 missed slots
-    daemon._submit = lambda work: None  # type: ignore[method-assign] # log only, run nothing
-    with caplog.at_level(logging.WARNING, logger="notifier.daemon.daemon"):
-        daemon._catch_up()
+    with caplog.at_level(logging.WARNING, logger="notifier.daemon"):
+        daemon.catch_up()
     assert [r.getMessage() for r in caplog.records] == [
         "minutely: missed 120 slots 07:01-09:00 while down; "
         "policy run_once: running the latest (09:00)"
@@ -272,10 +271,10 @@ jobs:
 """
     )
     daemon = project.daemon(Clock(at(8, 11)))
-    with caplog.at_level(logging.WARNING, logger="notifier.daemon.daemon"):
-        daemon._fire("graceful", slot=at(8))  # 11 min late, grace 10 min
-        daemon._fire("strict", slot=at(8))  # 'skip' tolerates one minute of lateness
-        daemon._fire("no-such-job", slot=at(8))
+    with caplog.at_level(logging.WARNING, logger="notifier.daemon"):
+        daemon.fire("graceful", slot=at(8))  # 11 min late, grace 10 min
+        daemon.fire("strict", slot=at(8))  # 'skip' tolerates one minute of lateness
+        daemon.fire("no-such-job", slot=at(8))
     messages = [r.getMessage() for r in caplog.records]
     assert any("graceful" in m and "past its grace period" in m for m in messages)
     assert any("strict" in m and "misfire policy skip" in m for m in messages)
@@ -303,7 +302,7 @@ jobs:
 
     def fire(daemon: Daemon) -> None:
         start.wait(10)
-        daemon._fire("once", slot=at(8))
+        daemon.fire("once", slot=at(8))
 
     threads = [threading.Thread(target=fire, args=(d,)) for d in (first, first, second)]
     with caplog.at_level(logging.INFO, logger="notifier"):
@@ -312,7 +311,7 @@ jobs:
         for thread in threads:
             thread.join(120)
         assert not any(thread.is_alive() for thread in threads)
-        first._fire("once", slot=at(8))  # and once more after it finished
+        first.fire("once", slot=at(8))  # and once more after it finished
 
     assert project.subjects() == [f"Alert {at(8).isoformat()}"]
     runs = first.ledger.history("once")
@@ -344,7 +343,7 @@ jobs:
 """
     )
     daemon = project.daemon(Clock(at(8) + timedelta(seconds=1)))
-    daemon._fire("flaky", slot=at(8))
+    daemon.fire("flaky", slot=at(8))
 
     assert marker.read_text() == "the first attempt failed"  # attempt 1 really ran and failed
     assert project.subjects() == ["Flaky report"]  # no failure email for the retried attempt
@@ -370,7 +369,7 @@ jobs:
     daemon = project.daemon(clock)
     for slot in (at(8, 0), at(8, 10), at(10, 0)):
         clock.now = slot + timedelta(seconds=3)
-        daemon._fire("latency", slot=slot)
+        daemon.fire("latency", slot=slot)
 
     assert project.subjects() == ["Latency above 150 ms", "Latency above 150 ms"]
     first, second, third = scheduled_runs(daemon.ledger, "latency")
@@ -401,7 +400,7 @@ jobs:
     assert (
         daemon.runner.execute_claimed(job, manual).status == "succeeded"
     )  # `notifier run latency`
-    daemon._fire("latency", slot=at(8, 0))  # the real alert is not silenced by the trial
+    daemon.fire("latency", slot=at(8, 0))  # the real alert is not silenced by the trial
     again = daemon.ledger.claim("latency", at(8, 1), trigger="manual")
     assert again is not None
     assert daemon.runner.execute_claimed(job, again).status == "succeeded"  # nor is a trial after
@@ -433,7 +432,7 @@ jobs:
         if is_quiet:
             quiet.write_text("ok")
         clock.now = at(8, minute) + timedelta(seconds=3)
-        daemon._fire("split-alert", slot=at(8, minute))
+        daemon.fire("split-alert", slot=at(8, minute))
 
     recovered = project.transport.sent[-1]
     assert recovered.subject == "RECOVERED: split-alert"
@@ -473,7 +472,7 @@ jobs:
         else:
             quiet.unlink(missing_ok=True)
         clock.now = at(8, minute) + timedelta(seconds=3)
-        daemon._fire("checkout", slot=at(8, minute))
+        daemon.fire("checkout", slot=at(8, minute))
 
     # the alert, one recovery email (not two), then the alert again: it broke again after
     # the recipients were told it had recovered, so the cooldown of the old alert is over
@@ -523,7 +522,7 @@ jobs:
     outside, _ = seeded(now - timedelta(days=4), outside=elsewhere)  # output not under runs/
 
     daemon = project.daemon(Clock(now + timedelta(seconds=2)))
-    daemon._fire("kept", slot=now)
+    daemon.fire("kept", slot=now)
 
     ledger = daemon.ledger
     assert ledger.get(old) is None and ledger.get(older_failed) is None
@@ -581,7 +580,7 @@ jobs:
     run_id, owner = seed_interrupted(project, "split", at(8))
     daemon = project.daemon(Clock(at(8) + late))
     with caplog.at_level(logging.INFO, logger="notifier"):
-        daemon._recover_interrupted()
+        daemon.recover()
 
     assert any(
         "was interrupted" in r.getMessage() and owner in r.getMessage() for r in caplog.records
@@ -635,7 +634,7 @@ jobs:
     crashed.queue.mark_sending([r.row_id for r in bob.recipients])  # then the node died
 
     daemon = project.daemon(Clock(at(8, 5)))
-    daemon._recover_interrupted()
+    daemon.recover()
     daemon.runner.deliverer.housekeeping()  # as the delivery service does every few seconds
     assert project.transport.sent == []  # not re-run; Bob's outcome is unknown (sending)
     assert mail(daemon.ledger, run.run_id) == [
@@ -666,7 +665,7 @@ jobs:
     assert [r.run_id for r in stopped.mark_interrupted_mine()] == [run.run_id]  # SIGTERM path
     stopped.nodes.stop()  # ... and the stopped daemon's node is gone (Ledger.close)
 
-    project.daemon(Clock(at(8, 10)))._recover_interrupted()
+    project.daemon(Clock(at(8, 10))).recover()
 
     again = project.ledger().get(run.run_id)
     assert again is not None and (again.status, again.attempt) == ("succeeded", 2)
@@ -686,7 +685,7 @@ jobs:
     )
     daemon = project.daemon(Clock(at(8)))
     project.notebook.unlink()  # deleted after the daemon loaded jobs.yaml
-    daemon._fire("renamed", slot=at(8))
+    daemon.fire("renamed", slot=at(8))
 
     run = daemon.ledger.find("renamed", at(8))
     assert run is not None and run.status == "failed"
@@ -764,7 +763,7 @@ def test_reload_applies_edits_and_keeps_the_schedule_on_a_bad_edit(
 
     project.write_jobs(JOBS_V1)
     daemon = project.daemon(Clock(datetime.now(UTC)), poll_interval=0.1)
-    with caplog.at_level(logging.INFO, logger="notifier.daemon.daemon"):
+    with caplog.at_level(logging.INFO, logger="notifier.daemon"):
         daemon.start()
         assert scheduled(daemon) == {
             "alpha": "crontab[0 3 1 1 *]",
@@ -790,8 +789,8 @@ def test_reload_applies_edits_and_keeps_the_schedule_on_a_bad_edit(
         assert "invalid; keeping the previous schedule" in error
         assert f"{project.jobs_path}:5:" in error and "61" in error  # file:line and the cause
         assert scheduled(daemon) == {"alpha": "crontab[30 6 1 1 *]", "delta": "every[30d]"}
-        assert set(daemon._jobs) == {"alpha", "gamma", "delta"}
-        assert daemon._watcher is not None and daemon._watcher.is_alive()
+        assert set(daemon.jobs) == {"alpha", "gamma", "delta"}
+        assert daemon.watching
         assert daemon.reload() is False  # still broken: nothing changes
         assert scheduled(daemon) == {"alpha": "crontab[30 6 1 1 *]", "delta": "every[30d]"}
 
@@ -809,7 +808,7 @@ def test_reload_of_a_removed_job_stops_its_slots(project: Project) -> None:
     daemon = project.daemon(Clock(at(3)))
     project.write_jobs(JOBS_V2)
     assert daemon.reload() is True
-    daemon._fire("beta", slot=at(4))  # a fire already queued for the removed job
+    daemon.fire("beta", slot=at(4))  # a fire already queued for the removed job
     assert daemon.ledger.history() == [] and project.transport.sent == []
 
 
@@ -895,7 +894,7 @@ jobs:
     last = datetime(now.year - 2, 1, 1, 3, tzinfo=UTC)  # last year's slot is far past grace
     seed_finished(project.ledger(), "daily", last)
     daemon = project.daemon(lambda: datetime.now(UTC))
-    with caplog.at_level(logging.INFO, logger="notifier.daemon.daemon"):
+    with caplog.at_level(logging.INFO, logger="notifier.daemon"):
         daemon.start()
     job = daemon.scheduler.get_job("daily")
     assert job is not None and job.next_run_time > now

@@ -179,7 +179,7 @@ from datetime import datetime, timezone
 from notifier.cli import configure_logging
 
 configure_logging(verbose=False, daemon=True)
-log = logging.getLogger("notifier.daemon.daemon")
+log = logging.getLogger("notifier.daemon")
 for created, slot in (
     (datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc), datetime(2026, 1, 15, 7, 0, tzinfo=timezone.utc)),
     (datetime(2026, 7, 15, 12, 0, tzinfo=timezone.utc), "2026-07-15T08:00:00-04:00"),
@@ -203,10 +203,10 @@ def test_log_lines_show_every_time_in_local_time_with_the_offset_of_that_instant
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        "2026-01-15T13:00:00+01:00 INFO notifier.daemon.daemon: slot 2026-01-15T08:00:00+01:00",
-        "2026-07-15T14:00:00+02:00 INFO notifier.daemon.daemon: slot 2026-07-15T14:00:00+02:00",
-        "2026-10-25T02:30:00+02:00 INFO notifier.daemon.daemon: slot 2026-10-25T02:30:00+02:00",
-        "2026-10-25T02:30:00+01:00 INFO notifier.daemon.daemon: slot 2026-10-25T02:30:00+01:00",
+        "2026-01-15T13:00:00+01:00 INFO notifier.daemon: slot 2026-01-15T08:00:00+01:00",
+        "2026-07-15T14:00:00+02:00 INFO notifier.daemon: slot 2026-07-15T14:00:00+02:00",
+        "2026-10-25T02:30:00+02:00 INFO notifier.daemon: slot 2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00 INFO notifier.daemon: slot 2026-10-25T02:30:00+01:00",
     ]
 
 

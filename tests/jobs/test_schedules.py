@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.date import DateTrigger
 
+from notifier.durations import format_duration, parse_duration
 from notifier.jobs.cron import CrontabTrigger
-from notifier.jobs.durations import format_duration, parse_duration
 from notifier.jobs.schedules import (
     AnchoredIntervalTrigger,
     build_trigger,

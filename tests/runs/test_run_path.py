@@ -25,7 +25,7 @@ import pytest
 from notebooks import kernels_of_run, write_notebook
 from notifier.errors import RunError
 from notifier.ledger import Ledger
-from notifier.mail.transport.base import Outgoing
+from notifier.mail.model import Outgoing
 from notifier.mail.transport.memory import MemoryTransport
 from notifier.mail.transport.outbox import OutboxTransport
 from notifier.notebook.bundle import EMAIL_MIME

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from smtp_server import Behaviour, SMTPTestServer, settings_for
 
+from notifier.mail.model import Outgoing
 from notifier.mail.ratelimit import reset_minute_windows
 from notifier.mail.transport import transport_for
-from notifier.mail.transport.base import Outgoing
 from notifier.mail.transport.smtp import MAYBE_DELIVERED, SMTPTransport
 from notifier.settings import Settings
 
@@ -627,7 +627,7 @@ def test_rate_per_day_state_that_cannot_be_written_is_a_result(smtp_server, tmp_
 
 def test_unknown_host_is_a_result_not_an_exception(monkeypatch):
     # other names resolve (this machine has DNS): the name itself is wrong
-    monkeypatch.setattr("notifier.mail.transport.smtp.REFERENCE_NAMES", ("localhost",))
+    monkeypatch.setattr("notifier.mail.transport.smtp.connection.REFERENCE_NAMES", ("localhost",))
     settings = Settings(host="nonexistent.invalid", port=587, timeout=2, retries=3)
     results = transport(settings).send([make(1), make(2)])
     for result in results:
@@ -636,7 +636,9 @@ def test_unknown_host_is_a_result_not_an_exception(monkeypatch):
 
 
 def test_a_host_that_does_not_resolve_while_no_name_does_means_no_network(monkeypatch):
-    monkeypatch.setattr("notifier.mail.transport.smtp.REFERENCE_NAMES", ("also-missing.invalid",))
+    monkeypatch.setattr(
+        "notifier.mail.transport.smtp.connection.REFERENCE_NAMES", ("also-missing.invalid",)
+    )
     settings = Settings(host="nonexistent.invalid", port=587, timeout=2, retries=0)
     [result] = transport(settings).send([make(1)])
     assert "this machine cannot resolve names" in result.error

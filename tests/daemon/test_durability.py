@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_until
+from daemons import Project, StallingSMTPServer, sigkill
 from smtp_server import Behaviour, SMTPTestServer
-from test_daemon_processes import Project, StallingSMTPServer, sigkill, wait_until
 
 from notebooks import write_notebook
 
