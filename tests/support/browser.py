@@ -29,7 +29,9 @@ def require_browser() -> tuple[str, str]:
     browser, driver = find_browser()
     if browser and driver:
         return browser, driver
-    missing = " and ".join(n for n, v in (("chromium", browser), ("chromium-driver", driver)) if not v)
+    missing = " and ".join(
+        n for n, v in (("chromium", browser), ("chromium-driver", driver)) if not v
+    )
     message = f"{missing} not installed: `apt-get install chromium chromium-driver` (make test does it as root)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
