@@ -64,7 +64,7 @@ def templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """A page of the dashboard with the context every page needs."""
     app = request.app
     dashboard: Dashboard = app.state.dashboard
@@ -75,7 +75,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
         outbox=dashboard.settings.uses_outbox,
         path=request.url.path,
     )
-    return app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
+    return app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -174,6 +174,10 @@ def form_fields(job: Job) -> list[Field]:
 def overrides(job: Job, fields: list[Field], form: Any) -> dict[str, Any]:
     """Parameters the user changed, each parsed as ``-p`` parses it; unchanged ones stay."""
     changed: dict[str, Any] = {}
+    known = {field.name for field in fields}
+    for key, given in form.multi_items():  # a name the form did not offer: -p refuses it too
+        if key.startswith("p.") and key[2:] not in known and isinstance(given, str):
+            changed[key[2:]] = parse_cli_value(given)
     for field in fields:
         given = form.get(f"p.{field.name}")
         if not isinstance(given, str) or given == field.value:

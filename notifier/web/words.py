@@ -91,6 +91,8 @@ def _cron_words(expression: str) -> str:
         days = f"on {dow}"
     elif not dom_all and not dow_all:
         days = f"on {dom} if it is a {dow}"
+    if not days and when.startswith("at "):
+        days = "every day"
     months = "" if len(spec.months) == 12 else "in " + _list(spec.months, lambda m: _MONTHS[m - 1])
     return ", ".join(part for part in (when, days, months) if part)
 
