@@ -57,7 +57,8 @@ def api_runs(request: Request) -> Response:
 
 def api_run(request: Request) -> Response:
     """``/api/runs/{run_id}``: one run with progress, failure record and delivery log."""
-    from notifier.web.runs import get_run, run_detail
+    from notifier.web.pages import get_run
+    from notifier.web.runs import run_detail
 
     dashboard, ledger, run = get_run(request)
     return JSONResponse(run_detail(dashboard, ledger, run))

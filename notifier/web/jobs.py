@@ -28,7 +28,7 @@ from notifier.notebook.params import (
     parameter_defaults,
     parse_cli_value,
 )
-from notifier.web.app import render
+from notifier.web.pages import render
 from notifier.web.security import checked_form
 from notifier.web.state import Dashboard
 from notifier.web.words import DENSE, hour_marks, schedule_words, upcoming

@@ -28,7 +28,7 @@ from notifier.delivery.planning import outgoing_from, spec_parts
 from notifier.ledger import Ledger, Run
 from notifier.ledger.queries import mail_row
 from notifier.mail.preview import attachments, body_parts, html_with_data_uris, inline_images
-from notifier.web.app import render
+from notifier.web.pages import get_run, render
 from notifier.web.security import download, inside, sandboxed
 from notifier.web.state import Dashboard
 
@@ -129,8 +129,6 @@ def body_html(message: EmailMessage) -> str:
 
 
 def _stored(request: Request) -> tuple[EmailMessage, list[str]]:
-    from notifier.web.runs import get_run
-
     _dashboard, ledger, run = get_run(request)
     try:
         message, envelope, _due = stored_message(ledger, run, request.path_params["pk"])

@@ -15,8 +15,8 @@ from starlette.routing import Route
 from notifier.ledger import Ledger, Run, RunStatus
 from notifier.ledger.queries import count_history, delivery_log, history_rows, run_rows
 from notifier.web import files
-from notifier.web.app import render
 from notifier.web.mail import run_emails
+from notifier.web.pages import get_run, render
 from notifier.web.security import download, sandboxed
 from notifier.web.state import Dashboard
 
@@ -73,18 +73,6 @@ def runs_page(request: Request) -> Response:
         jobs=known if job is None or job in known else [*known, job],
         has_ledger=ledger is not None,
     )
-
-
-def get_run(request: Request) -> tuple[Dashboard, Ledger, Run]:
-    """The run named in the URL (404 when the ledger has no such run)."""
-    dashboard: Dashboard = request.app.state.dashboard
-    ledger = dashboard.ledger()
-    run = ledger.get(request.path_params["run_id"]) if ledger is not None else None
-    if ledger is None or run is None:
-        raise HTTPException(
-            404, "No such run in the ledger (it may have been purged by keep_runs)."
-        )
-    return dashboard, ledger, run
 
 
 def run_detail(dashboard: Dashboard, ledger: Ledger, run: Run) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from notifier.mail.doctor import Step, diagnose
 from notifier.settings import Settings
-from notifier.web.app import render
+from notifier.web.pages import render
 from notifier.web.security import checked_form
 from notifier.web.state import Dashboard
 
