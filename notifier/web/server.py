@@ -47,6 +47,19 @@ def bind(config: WebConfig) -> socket.socket:
     return sock
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server, looking for a stop request once a second instead of ten times: an
+    idle daemon should cost next to nothing (about 10 ms of CPU per 20 s, not 40)."""
+
+    async def main_loop(self) -> None:
+        """Tick every second until asked to exit (on_tick(0) also refreshes the Date header)."""
+        while not await self.on_tick(0):
+            await asyncio.sleep(TICK)
+
+
+TICK = 1.0
+
+
 class WebServer:
     """The dashboard's uvicorn server in a background thread."""
 
@@ -56,7 +69,7 @@ class WebServer:
         self.socket = bind(config)  # UsageError for a port in use
         self.port = int(self.socket.getsockname()[1])
         self.app = create_app(dashboard, config, self.port)
-        self._server = uvicorn.Server(
+        self._server = _QuietServer(
             uvicorn.Config(
                 self.app,
                 log_level="warning",
