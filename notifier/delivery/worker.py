@@ -43,6 +43,9 @@ from notifier.settings import Settings
 log = logging.getLogger("notifier.delivery")
 
 T = TypeVar("T")
+# How long a delivery pass waits for a ledger that does not answer before it gives up
+# (what it could not record then shows as "outcome unknown", never sent twice).
+LEDGER_PATIENCE = 600.0
 TransportFactory = Callable[[str], Transport]
 _SIZE_WORDS = ("SIZE", "larger than", "too large", "too big")
 
@@ -192,7 +195,13 @@ class Deliverer:
             marked = self._with_ledger(
                 lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
             )
-            return marked == set(ids)
+            if marked == set(ids):
+                return True
+            if marked:  # another node took some rows meanwhile: send nothing, undo the mark
+                self._with_ledger(
+                    lambda: self.queue.unmark_sending(sorted(marked)), "undoing a mark", give_up=None
+                )
+            return False
 
         try:
             result = session.send(outgoing, before_data)
@@ -248,8 +257,10 @@ class Deliverer:
                     )
                 )
             elif answer.unknown and message.on_unknown == "resend":
-                reply = f"{answer.reply}; sent again (on_unknown: resend)"
-                answers.append(Answer(row.row_id, RecipientStatus.DEFERRED, None, reply, now))
+                # sent again, after the usual backoff (a server that always drops the link
+                # after the dot must not be hammered)
+                reply = f"{answer.reply}; to be sent again (on_unknown: resend)"
+                answers.append(self._defer(message, row.row_id, None, reply, now, failures))
             elif answer.unknown:
                 answers.append(Answer(row.row_id, RecipientStatus.UNKNOWN, None, answer.reply))
             elif answer.transient:
@@ -426,11 +437,13 @@ class Deliverer:
 
         Once the process is stopping, a step that changes nothing yet (claiming, marking)
         returns ``give_up`` at once; a write of answers (``wait``) keeps trying for the
-        shutdown grace period, then the loss is logged (those rows end as "outcome
-        unknown", never sent twice).
+        shutdown grace period. A ledger gone for longer than :data:`LEDGER_PATIENCE` is
+        given up on too. A lost write is logged: those rows end as "outcome unknown",
+        never sent twice.
         """
         delay = 0.2
         deadline: float | None = None
+        patience = time.monotonic() + LEDGER_PATIENCE
         while True:
             try:
                 value = call()
@@ -451,9 +464,9 @@ class Deliverer:
                     if not wait:
                         return give_up
                     deadline = deadline or time.monotonic() + self.settings.shutdown_grace
-                    if time.monotonic() > deadline:
-                        log.error("giving up %s: the ledger stayed unavailable", what)
-                        return give_up
+                if time.monotonic() > min(deadline or patience, patience):
+                    log.error("giving up %s: the ledger stayed unavailable", what)
+                    return give_up
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -443,6 +443,22 @@ class OutboundQueue:
             ).scalars()
             return set(marked)
 
+    def unmark_sending(self, row_ids: Sequence[int]) -> None:
+        """Undo :meth:`mark_sending` for rows whose message was not sent after all."""
+        if not row_ids:
+            return
+        r = recipients_table
+        with self.db.tx(write=True) as conn:
+            conn.execute(
+                update(r)
+                .where(
+                    r.c.id.in_(list(row_ids)),
+                    r.c.claimed_by == self.node_id,
+                    r.c.status == RecipientStatus.SENDING.value,
+                )
+                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+            )
+
     def record(self, answers: Sequence[Answer]) -> set[int]:
         """Store answers for rows this node holds; returns the rows updated.
 
