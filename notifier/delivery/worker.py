@@ -86,6 +86,7 @@ class Deliverer:
         *,
         stopping: threading.Event | None = None,
         backoff: Backoff | None = None,
+        notify: bool = True,
     ) -> None:
         self.ledger = ledger
         self.queue = ledger.queue
@@ -94,6 +95,7 @@ class Deliverer:
         self.stopping = stopping or threading.Event()
         self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
         self._ledger_trouble = False
+        self.notify = notify  # False: settle runs without mailing their problems
 
     # ------------------------------------------------------------------ passes
 
@@ -132,7 +134,7 @@ class Deliverer:
 
     def housekeeping(self) -> None:
         """Settle rows of dead nodes, expire overdue mail, and end runs whose mail is settled."""
-        runs: set[str] = set()
+        runs: set[str] = set(self.queue.settled_runs())
         for row in self.queue.sweep_dead_claims():
             log.warning(
                 "%s: %r to %s: %s", row.job, row.subject, row.recipient, row.reply or row.status
@@ -199,7 +201,9 @@ class Deliverer:
                 return True
             if marked:  # another node took some rows meanwhile: send nothing, undo the mark
                 self._with_ledger(
-                    lambda: self.queue.unmark_sending(sorted(marked)), "undoing a mark", give_up=None
+                    lambda: self.queue.unmark_sending(sorted(marked)),
+                    "undoing a mark",
+                    give_up=None,
                 )
             return False
 
@@ -377,7 +381,7 @@ class Deliverer:
         error = self._problem_summary(problems) if problems else None
         if not self.ledger.complete_delivery(run_id, status.value, error=error):
             return  # another node settled it
-        if problems:
+        if problems and self.notify:
             self._notify_problems(run, problems)
 
     @staticmethod

@@ -785,6 +785,28 @@ class OutboundQueue:
         with self.db.tx(write=False) as conn:
             return Counter({status: count for status, count in conn.execute(query)})
 
+    def settled_runs(self) -> list[str]:
+        """Runs still ``delivering`` although none of their report mail waits any more
+        (e.g. an operator dropped it): ready to be ended."""
+        r = recipients_table
+        pending = (
+            select(r.c.run_id)
+            .join(messages_table, messages_table.c.id == r.c.message_pk)
+            .where(
+                messages_table.c.purpose == "report",
+                r.c.status.in_([s.value for s in PENDING]),
+            )
+        )
+        with self.db.tx(write=False) as conn:
+            return list(
+                conn.execute(
+                    select(runs_table.c.run_id).where(
+                        runs_table.c.status == RunStatus.DELIVERING.value,
+                        runs_table.c.run_id.not_in(pending),
+                    )
+                ).scalars()
+            )
+
     def next_due(self) -> datetime | None:
         """When the earliest waiting row is due (None when nothing waits)."""
         r = recipients_table
