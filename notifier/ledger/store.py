@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from notifier.errors import LedgerError
 from notifier.ledger.database import Database
-from notifier.ledger.nodes import DEFAULT_LEASE_SECONDS, NodeRegistry, new_node_id
+from notifier.ledger.nodes import NodeRegistry, new_node_id
 from notifier.ledger.queue import OutboundQueue
 from notifier.ledger.schema import (
     SCHEMA_VERSION,
@@ -51,6 +51,7 @@ from notifier.ledger.statuses import (
     TRIGGERS,
     RunStatus,
 )
+from notifier.settings import DEFAULT_LEASE_SECONDS
 
 log = logging.getLogger("notifier.ledger")
 
