@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from typing import TypeVar
 
 from notifier.delivery.backoff import Backoff
 from notifier.delivery.notices import delivery_problems_email, one_line
@@ -36,16 +34,13 @@ from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
 from notifier.errors import MessageError
 from notifier.ledger import Ledger, LedgerError, Run
 from notifier.ledger.queue import Answer, DueMessage, QueueRow
+from notifier.ledger.retry import Patience
 from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
 from notifier.mail.transport.base import DataRefused, SendResult, Session, Transport
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
 
-T = TypeVar("T")
-# How long a delivery pass waits for a ledger that does not answer before it gives up
-# (what it could not record then shows as "outcome unknown", never sent twice).
-LEDGER_PATIENCE = 600.0
 TransportFactory = Callable[[str], Transport]
 _SIZE_WORDS = ("SIZE", "larger than", "too large", "too big")
 
@@ -94,7 +89,7 @@ class Deliverer:
         self.transports = transports
         self.stopping = stopping or threading.Event()
         self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
-        self._ledger_trouble = False
+        self._patience = Patience(log, stopping=self.stopping, grace=settings.shutdown_grace)
         self.notify = notify  # False: settle runs without mailing their problems
 
     # ------------------------------------------------------------------ passes
@@ -118,7 +113,7 @@ class Deliverer:
         for _ in range(max_passes):
             if self.stopping.is_set():
                 break
-            due = self._with_ledger(
+            due = self._patience.call(
                 lambda: self.queue.claim_due(
                     limit=limit, run_id=run_id, message_pks=message_pks, settled_for=settled_for
                 ),
@@ -194,13 +189,13 @@ class Deliverer:
 
         def before_data() -> bool:
             # the server said 354: mark the rows before the message itself goes out
-            marked = self._with_ledger(
+            marked = self._patience.call(
                 lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
             )
             if marked == set(ids):
                 return True
             if marked:  # another node took some rows meanwhile: send nothing, undo the mark
-                self._with_ledger(
+                self._patience.call(
                     lambda: self.queue.unmark_sending(sorted(marked)),
                     "undoing a mark",
                     give_up=None,
@@ -308,7 +303,7 @@ class Deliverer:
     ) -> list[Outcome]:
         # Never give up on a write while running: the process keeps the answer until the
         # ledger takes it (a lost answer would make the row "outcome unknown").
-        self._with_ledger(
+        self._patience.call(
             lambda: self.queue.record(answers),
             "recording delivery results",
             give_up=set(),
@@ -433,46 +428,6 @@ class Deliverer:
         self.deliver(run_id=run.run_id)
 
     # ---------------------------------------------------------------- ledger
-
-    def _with_ledger(
-        self, call: Callable[[], T], what: str, *, give_up: T, wait: bool = False
-    ) -> T:
-        """Run a ledger call, retrying while the ledger is unavailable (never raises it).
-
-        Once the process is stopping, a step that changes nothing yet (claiming, marking)
-        returns ``give_up`` at once; a write of answers (``wait``) keeps trying for the
-        shutdown grace period. A ledger gone for longer than :data:`LEDGER_PATIENCE` is
-        given up on too. A lost write is logged: those rows end as "outcome unknown",
-        never sent twice.
-        """
-        delay = 0.2
-        deadline: float | None = None
-        patience = time.monotonic() + LEDGER_PATIENCE
-        while True:
-            try:
-                value = call()
-                if self._ledger_trouble:
-                    self._ledger_trouble = False
-                    log.warning("the ledger is available again (%s)", what)
-                return value
-            except LedgerError as error:
-                if not self._ledger_trouble:
-                    self._ledger_trouble = True
-                    log.warning(
-                        "the ledger is unavailable while %s (%s); keeping the outcome in "
-                        "memory and retrying",
-                        what,
-                        one_line(str(error), 300),
-                    )
-                if self.stopping.is_set():
-                    if not wait:
-                        return give_up
-                    deadline = deadline or time.monotonic() + self.settings.shutdown_grace
-                if time.monotonic() > min(deadline or patience, patience):
-                    log.error("giving up %s: the ledger stayed unavailable", what)
-                    return give_up
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
 
 def default_transports(settings: Settings) -> TransportFactory:
