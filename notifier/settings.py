@@ -22,6 +22,16 @@ from dotenv import dotenv_values
 from notifier.errors import ConfigError
 
 SECURITY_MODES = ("ssl", "starttls", "none")
+
+# Every default, defined once (the dataclass, the parser and the modules that need one).
+DEFAULT_RUN_TIMEOUT = 600.0  # a notebook run's wall-clock limit
+DEFAULT_SMTP_TIMEOUT = 30.0
+DEFAULT_WORKERS = 4
+DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_DELIVERY_LIFETIME = 86400.0  # how long an email keeps being retried
+DEFAULT_RETRY_BACKOFF = 30.0
+DEFAULT_RETRY_BACKOFF_MAX = 900.0
+DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 
 
@@ -108,7 +118,7 @@ class Settings:
     password: Secret | None = field(default=None, repr=False)
     sender: str | None = None
     security: str = "starttls"
-    timeout: float = 30.0
+    timeout: float = DEFAULT_SMTP_TIMEOUT
     ca_file: Path | None = None
     verify: bool = True
     provider: str | None = None
@@ -122,14 +132,14 @@ class Settings:
     runs_dir: Path = Path("runs")
     db_url: str = "sqlite:///notifier.db"
     timezone: str = "UTC"
-    workers: int = 4
-    shutdown_grace: float = 30.0
+    workers: int = DEFAULT_WORKERS
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     # the outbound queue: how long a report keeps being retried, and the retry backoff
-    delivery_lifetime: float = 86400.0
-    retry_backoff: float = 30.0
-    retry_backoff_max: float = 900.0
+    delivery_lifetime: float = DEFAULT_DELIVERY_LIFETIME
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     # a node is dead when it has not renewed its lease for this long
-    lease_seconds: float = 60.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     # NOTIFIER_TRANSPORT: smtp | outbox | memory; None = smtp when SMTP_HOST is set, else outbox
     transport: str | None = None
     # Loaded with smtp=False: the SMTP problem that was set aside (the SMTP fields then hold
@@ -365,8 +375,10 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
     max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE", minimum=1024)
     timezone = _get(values, "NOTIFIER_TIMEZONE") or "UTC"
     _check_timezone(timezone)
-    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", 30.0, 0.1)
-    backoff_max = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF_MAX", max(900.0, backoff), 0.1)
+    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF, 0.1)
+    backoff_max = _parse_duration(
+        values, "NOTIFIER_RETRY_BACKOFF_MAX", max(DEFAULT_RETRY_BACKOFF_MAX, backoff), 0.1
+    )
     if backoff_max < backoff:
         raise ConfigError(
             "NOTIFIER_RETRY_BACKOFF_MAX is shorter than NOTIFIER_RETRY_BACKOFF.",
@@ -378,13 +390,17 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "runs_dir": Path(_get(values, "NOTIFIER_RUNS_DIR") or "runs"),
         "db_url": _get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db",
         "timezone": timezone,
-        "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or 4,
-        "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", 30.0),
+        "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or DEFAULT_WORKERS,
+        "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
         "transport": _parse_transport(values),
-        "delivery_lifetime": _parse_duration(values, "NOTIFIER_DELIVERY_LIFETIME", 86400.0, 1.0),
+        "delivery_lifetime": _parse_duration(
+            values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME, 1.0
+        ),
         "retry_backoff": backoff,
         "retry_backoff_max": backoff_max,
-        "lease_seconds": _parse_duration(values, "NOTIFIER_LEASE_SECONDS", 60.0, 2.0),
+        "lease_seconds": _parse_duration(
+            values, "NOTIFIER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 2.0
+        ),
     }
 
 
@@ -490,7 +506,7 @@ def _smtp_fields(values: Mapping[str, str]) -> dict[str, object]:
         "password": Secret(password) if password else None,
         "sender": sender,
         "security": security,
-        "timeout": _parse_float(values, "SMTP_TIMEOUT", 30.0),
+        "timeout": _parse_float(values, "SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT),
         "ca_file": ca_file,
         "verify": _parse_bool(values, "SMTP_VERIFY", True),
         "provider": provider_name,

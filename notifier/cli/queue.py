@@ -90,10 +90,12 @@ def _drop(ledger, settings, message_id: int, recipient: str | None) -> int:  # n
         )
     print(f"dropped {len(dropped)} recipient(s) of message {message_id}; they will not be sent")
     message = ledger.queue.message(message_id)
-    if message is not None:  # the run may now be settled (and its problems reported)
+    if message is not None:  # the run may now be settled (its problems mailed if we can)
         from notifier.delivery.worker import Deliverer, default_transports
 
-        Deliverer(ledger, settings, default_transports(settings)).settle({message.run_id})
+        can_send = settings.smtp_error is None
+        deliverer = Deliverer(ledger, settings, default_transports(settings), notify=can_send)
+        deliverer.settle({message.run_id})
     return 0
 
 

@@ -14,13 +14,15 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from notifier.settings import DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX
+
 
 @dataclass(frozen=True)
 class Backoff:
     """Delays for the queue's retries (seconds)."""
 
-    first: float = 30.0
-    maximum: float = 900.0
+    first: float = DEFAULT_RETRY_BACKOFF
+    maximum: float = DEFAULT_RETRY_BACKOFF_MAX
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th temporary failure (1, 2, ...)."""

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from typing import TypeVar
 
 from notifier.delivery.backoff import Backoff
 from notifier.delivery.notices import delivery_problems_email, one_line
@@ -36,13 +34,13 @@ from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
 from notifier.errors import MessageError
 from notifier.ledger import Ledger, LedgerError, Run
 from notifier.ledger.queue import Answer, DueMessage, QueueRow
+from notifier.ledger.retry import Patience
 from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
 from notifier.mail.transport.base import DataRefused, SendResult, Session, Transport
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
 
-T = TypeVar("T")
 TransportFactory = Callable[[str], Transport]
 _SIZE_WORDS = ("SIZE", "larger than", "too large", "too big")
 
@@ -83,6 +81,7 @@ class Deliverer:
         *,
         stopping: threading.Event | None = None,
         backoff: Backoff | None = None,
+        notify: bool = True,
     ) -> None:
         self.ledger = ledger
         self.queue = ledger.queue
@@ -90,7 +89,8 @@ class Deliverer:
         self.transports = transports
         self.stopping = stopping or threading.Event()
         self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
-        self._ledger_trouble = False
+        self._patience = Patience(log, stopping=self.stopping, grace=settings.shutdown_grace)
+        self.notify = notify  # False: settle runs without mailing their problems
 
     # ------------------------------------------------------------------ passes
 
@@ -113,7 +113,7 @@ class Deliverer:
         for _ in range(max_passes):
             if self.stopping.is_set():
                 break
-            due = self._with_ledger(
+            due = self._patience.call(
                 lambda: self.queue.claim_due(
                     limit=limit, run_id=run_id, message_pks=message_pks, settled_for=settled_for
                 ),
@@ -129,7 +129,7 @@ class Deliverer:
 
     def housekeeping(self) -> None:
         """Settle rows of dead nodes, expire overdue mail, and end runs whose mail is settled."""
-        runs: set[str] = set()
+        runs: set[str] = set(self.queue.settled_runs())
         for row in self.queue.sweep_dead_claims():
             log.warning(
                 "%s: %r to %s: %s", row.job, row.subject, row.recipient, row.reply or row.status
@@ -189,10 +189,18 @@ class Deliverer:
 
         def before_data() -> bool:
             # the server said 354: mark the rows before the message itself goes out
-            marked = self._with_ledger(
+            marked = self._patience.call(
                 lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
             )
-            return marked == set(ids)
+            if marked == set(ids):
+                return True
+            if marked:  # another node took some rows meanwhile: send nothing, undo the mark
+                self._patience.call(
+                    lambda: self.queue.unmark_sending(sorted(marked)),
+                    "undoing a mark",
+                    give_up=None,
+                )
+            return False
 
         try:
             result = session.send(outgoing, before_data)
@@ -248,8 +256,10 @@ class Deliverer:
                     )
                 )
             elif answer.unknown and message.on_unknown == "resend":
-                reply = f"{answer.reply}; sent again (on_unknown: resend)"
-                answers.append(Answer(row.row_id, RecipientStatus.DEFERRED, None, reply, now))
+                # sent again, after the usual backoff (a server that always drops the link
+                # after the dot must not be hammered)
+                reply = f"{answer.reply}; to be sent again (on_unknown: resend)"
+                answers.append(self._defer(message, row.row_id, None, reply, now, failures))
             elif answer.unknown:
                 answers.append(Answer(row.row_id, RecipientStatus.UNKNOWN, None, answer.reply))
             elif answer.transient:
@@ -293,7 +303,7 @@ class Deliverer:
     ) -> list[Outcome]:
         # Never give up on a write while running: the process keeps the answer until the
         # ledger takes it (a lost answer would make the row "outcome unknown").
-        self._with_ledger(
+        self._patience.call(
             lambda: self.queue.record(answers),
             "recording delivery results",
             give_up=set(),
@@ -366,7 +376,7 @@ class Deliverer:
         error = self._problem_summary(problems) if problems else None
         if not self.ledger.complete_delivery(run_id, status.value, error=error):
             return  # another node settled it
-        if problems:
+        if problems and self.notify:
             self._notify_problems(run, problems)
 
     @staticmethod
@@ -418,44 +428,6 @@ class Deliverer:
         self.deliver(run_id=run.run_id)
 
     # ---------------------------------------------------------------- ledger
-
-    def _with_ledger(
-        self, call: Callable[[], T], what: str, *, give_up: T, wait: bool = False
-    ) -> T:
-        """Run a ledger call, retrying while the ledger is unavailable (never raises it).
-
-        Once the process is stopping, a step that changes nothing yet (claiming, marking)
-        returns ``give_up`` at once; a write of answers (``wait``) keeps trying for the
-        shutdown grace period, then the loss is logged (those rows end as "outcome
-        unknown", never sent twice).
-        """
-        delay = 0.2
-        deadline: float | None = None
-        while True:
-            try:
-                value = call()
-                if self._ledger_trouble:
-                    self._ledger_trouble = False
-                    log.warning("the ledger is available again (%s)", what)
-                return value
-            except LedgerError as error:
-                if not self._ledger_trouble:
-                    self._ledger_trouble = True
-                    log.warning(
-                        "the ledger is unavailable while %s (%s); keeping the outcome in "
-                        "memory and retrying",
-                        what,
-                        one_line(str(error), 300),
-                    )
-                if self.stopping.is_set():
-                    if not wait:
-                        return give_up
-                    deadline = deadline or time.monotonic() + self.settings.shutdown_grace
-                    if time.monotonic() > deadline:
-                        log.error("giving up %s: the ledger stayed unavailable", what)
-                        return give_up
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
 
 def default_transports(settings: Settings) -> TransportFactory:

@@ -14,9 +14,10 @@ from apscheduler.triggers.base import BaseTrigger
 
 from notifier.errors import UsageError
 from notifier.jobs.schedules import Schedule, next_fire_times
+from notifier.settings import DEFAULT_RUN_TIMEOUT
 
 ENV_TIMEZONE = "NOTIFIER_TIMEZONE"
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = DEFAULT_RUN_TIMEOUT
 DEFAULT_RETRY_DELAY = 60.0
 DEFAULT_GRACE = 3600.0
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")

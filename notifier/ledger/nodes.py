@@ -33,10 +33,10 @@ from sqlalchemy.engine import Row
 
 from notifier.ledger.database import Database, LedgerError
 from notifier.ledger.schema import nodes_table
+from notifier.settings import DEFAULT_LEASE_SECONDS
 
 log = logging.getLogger("notifier.ledger")
 
-DEFAULT_LEASE_SECONDS = 60.0
 # Process start times are read as wall-clock values whose boot-time base can move by about
 # a second between reads; a pid reused by a process that started more than this later than
 # the one recorded is recognised as a different process.

@@ -443,6 +443,22 @@ class OutboundQueue:
             ).scalars()
             return set(marked)
 
+    def unmark_sending(self, row_ids: Sequence[int]) -> None:
+        """Undo :meth:`mark_sending` for rows whose message was not sent after all."""
+        if not row_ids:
+            return
+        r = recipients_table
+        with self.db.tx(write=True) as conn:
+            conn.execute(
+                update(r)
+                .where(
+                    r.c.id.in_(list(row_ids)),
+                    r.c.claimed_by == self.node_id,
+                    r.c.status == RecipientStatus.SENDING.value,
+                )
+                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+            )
+
     def record(self, answers: Sequence[Answer]) -> set[int]:
         """Store answers for rows this node holds; returns the rows updated.
 
@@ -768,6 +784,28 @@ class OutboundQueue:
             query = query.where(messages_table.c.purpose == purpose)
         with self.db.tx(write=False) as conn:
             return Counter({status: count for status, count in conn.execute(query)})
+
+    def settled_runs(self) -> list[str]:
+        """Runs still ``delivering`` although none of their report mail waits any more
+        (e.g. an operator dropped it): ready to be ended."""
+        r = recipients_table
+        pending = (
+            select(r.c.run_id)
+            .join(messages_table, messages_table.c.id == r.c.message_pk)
+            .where(
+                messages_table.c.purpose == "report",
+                r.c.status.in_([s.value for s in PENDING]),
+            )
+        )
+        with self.db.tx(write=False) as conn:
+            return list(
+                conn.execute(
+                    select(runs_table.c.run_id).where(
+                        runs_table.c.status == RunStatus.DELIVERING.value,
+                        runs_table.c.run_id.not_in(pending),
+                    )
+                ).scalars()
+            )
 
     def next_due(self) -> datetime | None:
         """When the earliest waiting row is due (None when nothing waits)."""

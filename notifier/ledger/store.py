@@ -16,6 +16,7 @@ ones. Nothing secret belongs here: callers pass short summaries, never exception
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import zlib
 from collections.abc import Callable, Sequence
@@ -27,8 +28,9 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from notifier.errors import LedgerError
 from notifier.ledger.database import Database
-from notifier.ledger.nodes import DEFAULT_LEASE_SECONDS, NodeRegistry, new_node_id
+from notifier.ledger.nodes import NodeRegistry, new_node_id
 from notifier.ledger.queue import OutboundQueue
 from notifier.ledger.schema import (
     SCHEMA_VERSION,
@@ -49,6 +51,9 @@ from notifier.ledger.statuses import (
     TRIGGERS,
     RunStatus,
 )
+from notifier.settings import DEFAULT_LEASE_SECONDS
+
+log = logging.getLogger("notifier.ledger")
 
 SCHEDULED = "scheduled"
 MANUAL = "manual"
@@ -751,6 +756,8 @@ class Ledger:
         """Stop this node (others take over what it owned) and release connections."""
         try:
             self.nodes.stop()
+        except LedgerError as error:  # its lease runs out by itself
+            log.warning("could not mark this node stopped in the ledger: %s", error)
         finally:
             self.db.dispose()
 

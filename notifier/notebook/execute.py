@@ -43,13 +43,13 @@ from notifier.notebook.cell_errors import error_summary
 from notifier.notebook.params import check_parameters
 from notifier.notebook.processes import kill_tree
 from notifier.notebook.progress import ProgressCallback, ProgressReader
-from notifier.settings import Settings, kernel_environment
+from notifier.settings import DEFAULT_RUN_TIMEOUT, Settings, kernel_environment
 
 PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
 
 log = logging.getLogger("notifier.notebook")
 
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = DEFAULT_RUN_TIMEOUT
 PROGRESS_POLL = 0.5  # seconds between looks at the worker's progress.json
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 

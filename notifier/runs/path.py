@@ -39,10 +39,11 @@ from notifier.delivery.notices import (
 )
 from notifier.delivery.planning import plan_email
 from notifier.delivery.worker import Deliverer, Outcome, TransportFactory, default_transports
-from notifier.errors import MessageError, NotifierError
+from notifier.errors import LedgerError, MessageError, NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Fenced, Ledger, Run
 from notifier.ledger.queue import NewMessage
+from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
 from notifier.runs import alerts
@@ -115,6 +116,8 @@ class RunPath:
         self.deliverer = Deliverer(
             ledger, settings, transports or default_transports(settings), stopping=self.abort
         )
+        # the notebook's outcome is in memory: a briefly locked ledger must not lose it
+        self._patience = Patience(log, stopping=self.abort, grace=settings.shutdown_grace)
         self._execute = executor
 
     # ------------------------------------------------------------------ claims
@@ -178,17 +181,25 @@ class RunPath:
             self._execute_claimed(job, run, kind, result)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
+        except LedgerError as error:  # gone for good (Patience waited): say it in one line
+            log.error("%s: run %s could not be recorded: %s", job.name, run.run_id, error)
         except Exception as error:  # the ledger must never keep a 'running' row for a dead run
             log.exception("%s: run %s crashed", job.name, run.run_id)
             text = f"internal error: {one_line(str(error), 400)}"
-            if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=text):
-                self._notice_not_started(job, run, text, None, kind)
+            try:
+                if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=text):
+                    self._notice_not_started(job, run, text, None, kind)
+            except LedgerError as gone:
+                log.error("%s: the failure could not be recorded either: %s", job.name, gone)
         except BaseException:  # Ctrl-C during `notifier run`: visible, not 'running' forever
             self.ledger.finish(
                 run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
             )
             raise
-        stored = self.ledger.get(run.run_id)
+        try:
+            stored = self.ledger.get(run.run_id)
+        except LedgerError:
+            stored = None
         if stored is not None:
             result.run = stored
         if job.schedule is not None:
@@ -294,7 +305,6 @@ class RunPath:
         until = alerts.cooling_down(self.ledger, job, run, key)
         if until is not None:
             note = f"same alert sent before; cooldown until {until.isoformat()}"
-            log.info("%s: %s", job.name, note)
             self.ledger.finish(
                 run.run_id,
                 "suppressed",
@@ -305,16 +315,18 @@ class RunPath:
             )
             return
         subjects = "; ".join(dict.fromkeys(m.subject for m in messages))
-        self.ledger.queue.enqueue(
-            run.run_id,
-            run.attempt,
-            self.ledger.owner,
-            messages,
-            deliver={
-                "output_path": output,
-                "alert_key": key,
-                "notes": _notes(run, one_line(f"sent: {subjects}", 500)),
-            },
+        deliver = {
+            "output_path": output,
+            "alert_key": key,
+            "notes": _notes(run, one_line(f"sent: {subjects}", 500)),
+        }
+        self._patience.call(
+            lambda: self.ledger.queue.enqueue(
+                run.run_id, run.attempt, self.ledger.owner, messages, deliver=deliver
+            ),
+            "queueing the run's emails",
+            wait=True,
+            raise_on_give_up=True,
         )
 
     def _output_attachment(self, job: Job, execution: Execution, result: RunResult) -> list:
@@ -539,7 +551,7 @@ def adhoc_job(
     """A job for ``notifier run NOTEBOOK``: no schedule, no retries, no cooldown."""
     from zoneinfo import ZoneInfo
 
-    from notifier.notebook.execute import DEFAULT_TIMEOUT
+    from notifier.settings import DEFAULT_RUN_TIMEOUT as DEFAULT_TIMEOUT
 
     return Job(
         name=name,

@@ -241,3 +241,61 @@ def test_commands_that_connect_without_verification_warn_once(
     for quiet in (["send", "--dry-run", *mail], ["list"]):  # nothing connects
         result = notifier(project, *quiet)
         assert result.returncode == 0 and warning not in result.stderr, result.stderr
+
+
+def test_a_notebook_without_recipients_goes_to_the_outbox_but_not_to_a_server(
+    tmp_path: Path, smtp_server_factory
+) -> None:
+    project = make_project(tmp_path)
+    # the outbox (no SMTP settings): written, addressed to undisclosed recipients, one warning
+    dry = notifier(project, "run", "notebooks/report.ipynb", "-p", "region", "EU")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "warning: the email 'Report EU' has no recipients" in dry.stdout
+    assert "written to outbox" in dry.stdout
+    [eml] = (project / "outbox").glob("*.eml")
+    assert b"To: undisclosed-recipients:;" in eml.read_bytes()
+    # a real server: it stays an error (exit 1), the run is recorded as failed
+    server = smtp_server_factory("plain")
+    with (project / ".env").open("a") as dotenv:
+        dotenv.write(f"SMTP_HOST=127.0.0.1\nSMTP_PORT={server.port}\nSMTP_SECURITY=none\n")
+    real = notifier(project, "run", "notebooks/report.ipynb", "-p", "region", "US")
+    assert real.returncode == 1, real.stdout + real.stderr
+    assert "The email 'Report US' has no recipients." in real.stdout
+    assert server.messages == []
+    history = json.loads(notifier(project, "history", "--json").stdout)
+    assert [(row["job"], row["status"]) for row in history] == [
+        ("notebooks/report.ipynb", "failed"),
+        ("notebooks/report.ipynb", "succeeded"),
+    ]
+
+
+def test_history_and_queue_on_an_empty_and_a_busy_ledger(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    ran = notifier(project, "run", "report", "--dry-run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    failed = notifier(project, "history", "--failed")
+    assert (failed.returncode, failed.stdout) == (0, "no failed runs (1 run recorded)\n")
+    history = notifier(project, "history")
+    assert "report" in history.stdout and "delivered to the outbox" in history.stdout
+    queue = notifier(project, "queue")
+    assert queue.stdout == "the queue is empty: nothing waits to be delivered\n"
+    for args, fix in (
+        (["queue", "retry"], "Retry needs an ID or --all"),
+        (["queue", "drop"], "Drop needs the ID of a message"),
+        (["queue", "drop", "999"], "Nothing waiting under ID 999"),
+        (["run", "report", "--kernel", "no-such-kernel"], "no Jupyter kernel named"),
+    ):
+        result = notifier(project, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert fix in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_or_driverless_ledger_url_is_bad_input(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    for url in ("not a url", "postgresql+nosuchdriver://u@localhost/db"):
+        with (project / ".env").open("a") as dotenv:
+            dotenv.write(f"NOTIFIER_DB_URL={url}\n")
+        result = notifier(project, "history")
+        assert result.returncode == 2, (url, result.stdout, result.stderr)
+        assert "NOTIFIER_DB_URL" in result.stderr or "driver" in result.stderr
+        assert "Traceback" not in result.stderr

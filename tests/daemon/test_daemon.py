@@ -907,3 +907,40 @@ jobs:
     assert any("daily: next run" in m for m in messages)
     daemon.shutdown()
     assert project.transport.sent == []
+
+
+def test_the_closing_line_names_each_outcome_and_the_run_folder(
+    project: Project, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "attempted"
+    project.write_jobs(
+        f"""
+jobs:
+  - name: good
+    notebook: alert.ipynb
+    schedule: "0 8 * * *"
+    timezone: UTC
+    to: ops@example.com
+  - name: bad
+    notebook: alert.ipynb
+    schedule: "0 8 * * *"
+    timezone: UTC
+    to: ops@example.com
+    parameters: {{fail_marker: "{marker}"}}
+"""
+    )
+    daemon = project.daemon(Clock(at(8) + timedelta(seconds=1)))
+    with caplog.at_level(logging.INFO, logger="notifier.daemon"):
+        daemon.fire("good", slot=at(8))
+        daemon.fire("bad", slot=at(8))
+    ended = {
+        r.getMessage().split(":", 1)[0]: r
+        for r in caplog.records
+        if "ended after" in r.getMessage()
+    }
+    good, bad = ended["good"], ended["bad"]
+    assert good.levelno == logging.INFO
+    assert "succeeded: 1 delivered" in good.getMessage()
+    assert f"run folder {project.settings.runs_dir}" in good.getMessage()
+    assert bad.levelno == logging.ERROR
+    assert "failed: cell 2 raised RuntimeError: flaky data source" in bad.getMessage()

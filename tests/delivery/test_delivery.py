@@ -186,8 +186,9 @@ def test_a_link_lost_after_the_final_dot_is_never_resent_unless_asked(
         # the failure recipients hear that its outcome is unknown
         assert queue.states()["notice:ops@example.com"][0] == "delivered"
     else:
-        # sent again at once (at least once: the documented duplicate)
-        assert status == "delivered" and len(to_alice) == 2
+        # sent again after the backoff (at least once: the documented duplicate)
+        assert status == "deferred" and "on_unknown: resend" in reply
+        assert len(to_alice) == 2
         assert [s for r, s in queue.log() if r == "alice@example.com"] == ["deferred", "delivered"]
         assert queue.states()["report:alice@example.com"][0] == "delivered"
         assert queue.status() == "succeeded"
@@ -316,3 +317,21 @@ def _without_boundaries(data: bytes) -> bytes:
     import re
 
     return re.sub(rb"=+\d{10,}==", b"BOUNDARY", re.sub(rb'boundary="[^"]+"', b"", data))
+
+
+def test_dropped_mail_ends_the_run_and_is_reported(
+    smtp_server_factory: Callable[..., SMTPTestServer], make_queue: Callable[..., Queue]
+) -> None:
+    server = smtp_server_factory("plain")
+    queue = make_queue(settings_for(server, retries=0))
+    server.stop()
+    queue.enqueue(report("alice@example.com"))
+    queue.deliverer.deliver()
+    assert queue.status() == "delivering"
+    (waiting,) = queue.ledger.queue.rows(statuses=["deferred"])
+    assert queue.ledger.queue.drop(message_pk=waiting.message_pk) == [waiting.row_id]
+    server.start()
+    queue.deliverer.housekeeping()  # what the daemon's delivery service does every 10 s
+    assert queue.status() == "failed"
+    assert queue.states()["report:alice@example.com"][0] == "dropped"
+    assert [m.rcpt_tos for m in server.messages] == [["ops@example.com"]]

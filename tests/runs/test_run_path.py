@@ -307,8 +307,11 @@ def test_output_notebook_records_the_emails_and_stays_small(report_run):
     for entry in [*summary["images"], *summary["attachments"]]:
         stored = execution.run_dir / "parts" / entry["file"]
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == entry["sha256"]
-    # the archived html shows the emails too (the preview is part of the output)
-    assert "Sales EU — Zürich ✓ (42)" in execution.output_html.read_text(encoding="utf-8")
+    # the archived html shows the emails too (the preview is part of the output), with the
+    # real recipients of the email that named none
+    archived = execution.output_html.read_text(encoding="utf-8")
+    assert "Sales EU — Zürich ✓ (42)" in archived
+    assert ">boss@example.com</td>" in archived and "job&#x27;s recipients" not in archived
 
 
 def test_worker_log_has_no_tcp_encryption_warning(report_run):
