@@ -678,23 +678,31 @@ class OutboundQueue:
     # ------------------------------------------------------------- operators
 
     def retry(
-        self, *, message_pk: int | None = None, recipient: str | None = None, all_: bool = False
+        self,
+        *,
+        message_pk: int | None = None,
+        recipient: str | None = None,
+        all_: bool = False,
+        run_id: str | None = None,
     ) -> list[int]:
         """Make rows due now: deferred (any), or final ones named explicitly.
 
-        ``all_`` retries every deferred row; a message id retries that message's deferred,
+        ``all_`` retries every deferred row; ``run_id`` the deferred rows of one run
+        (``notifier run JOB --resume``); a message id retries that message's deferred,
         expired, unknown, refused and dropped rows (an operator's explicit decision).
         Returns the rows affected.
         """
         r = recipients_table
-        if message_pk is None and not all_:
-            raise ValueError("name a message or pass all_=True")
+        if message_pk is None and not all_ and run_id is None:
+            raise ValueError("name a message or a run, or pass all_=True")
         with self.db.tx(write=True) as conn:
             now = self.db.now()
-            if all_:
+            if all_ or run_id is not None:
                 where = [
                     r.c.status.in_([RecipientStatus.DEFERRED.value, RecipientStatus.QUEUED.value])
                 ]
+                if run_id is not None:
+                    where.append(r.c.run_id == run_id)
             else:
                 where = [
                     r.c.message_pk == message_pk,
@@ -716,7 +724,7 @@ class OutboundQueue:
                     updated_at=now,
                 )
             )
-            if not all_:
+            if message_pk is not None and not all_:
                 # an explicit retry of an expired message gives it a new lifetime
                 conn.execute(
                     update(messages_table)
@@ -724,6 +732,15 @@ class OutboundQueue:
                     .values(expires_at=now + timedelta(days=1))
                 )
         return ids
+
+    def extend_lifetime(self, message_pk: int, until: datetime) -> None:
+        """Keep a message alive at least ``until`` (mail held back by a sending limit)."""
+        with self.db.tx(write=True) as conn:
+            conn.execute(
+                update(messages_table)
+                .where(messages_table.c.id == message_pk, messages_table.c.expires_at < until)
+                .values(expires_at=as_utc(until, "until"))
+            )
 
     def drop(self, *, message_pk: int, recipient: str | None = None) -> list[int]:
         """Drop a message's waiting rows (recorded as ``dropped``, never sent)."""
