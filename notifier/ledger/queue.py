@@ -215,8 +215,9 @@ class OutboundQueue:
                     update(runs_table).where(runs_table.c.run_id == run_id).values(**values)
                 )
             now = self.db.now()
+            stored: set[str] = set()  # parts written in this transaction (a shared chart)
             for message in messages:
-                added += self._store(conn, run_id, message, now)
+                added += self._store(conn, run_id, message, now, stored)
         return added
 
     def add(self, run_id: str, messages: Iterable[NewMessage]) -> int:
@@ -226,14 +227,26 @@ class OutboundQueue:
         added = 0
         with self.db.tx(write=True) as conn:
             now = self.db.now()
+            stored: set[str] = set()
             for message in messages:
-                added += self._store(conn, run_id, message, now)
+                added += self._store(conn, run_id, message, now, stored)
         return added
 
-    def _store(self, conn: Connection, run_id: str, message: NewMessage, now: datetime) -> int:
+    def _store(
+        self,
+        conn: Connection,
+        run_id: str,
+        message: NewMessage,
+        now: datetime,
+        stored: set[str] | None = None,
+    ) -> int:
         if message.purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}; got {message.purpose!r}")
-        self._store_parts(conn, message.parts, now)
+        if stored is None:
+            stored = set()
+        # a part shared by many emails of the run is written (or touched) once per transaction
+        self._store_parts(conn, {k: v for k, v in message.parts.items() if k not in stored}, now)
+        stored.update(message.parts)
         conn.execute(
             _insert_ignoring_duplicates(conn, messages_table).values(
                 run_id=run_id,
