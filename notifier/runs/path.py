@@ -31,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from notifier.settings import Settings
 from notifier.delivery.notices import (
     not_started_email,
     one_line,
@@ -39,17 +38,23 @@ from notifier.delivery.notices import (
     run_failed_email,
 )
 from notifier.delivery.planning import plan_email
-from notifier.delivery.worker import Deliverer, Outcome, TransportFactory, default_transports
-from notifier.errors import MessageError, NotifierError
+from notifier.delivery.worker import (
+    Deliverer,
+    Outcome,
+    OutcomeCallback,
+    TransportFactory,
+    default_transports,
+)
+from notifier.errors import LedgerError, MessageError, NotifierError
 from notifier.jobs import Job
-from notifier.errors import LedgerError
 from notifier.ledger import Fenced, Ledger, Run
-from notifier.ledger.retry import Patience
 from notifier.ledger.queue import NewMessage
+from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
 from notifier.runs import alerts
 from notifier.runs.retention import apply_retention
+from notifier.settings import Settings
 
 log = logging.getLogger("notifier.runs")
 
@@ -107,8 +112,11 @@ class RunPath:
         stopping: threading.Event | None = None,
         abort: threading.Event | None = None,
         executor: Callable[[RunRequest, Settings], Execution] = execute,
+        on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self.settings = settings
+        # told of each recipient's answer as the run's mail goes out (a progress bar)
+        self.on_outcome = on_outcome
         self.ledger = ledger
         # stopping: no new attempts (a shutdown began); abort: stop sending now (its grace
         # period is over). Mail not sent by then stays queued for the next daemon.
@@ -207,7 +215,9 @@ class RunPath:
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
             if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
-                result.outcomes += self.deliverer.deliver(run_id=run.run_id)
+                result.outcomes += self.deliverer.deliver(
+                    run_id=run.run_id, on_outcome=self.on_outcome
+                )
             return
         result.execution = execution
         result.warnings += execution.warnings
@@ -238,7 +248,7 @@ class RunPath:
             self._plan_and_queue(job, run, execution, kind, result)
         else:
             self._fail(job, run, execution, kind, execution.error or "the run failed")
-        result.outcomes += self.deliverer.deliver(run_id=run.run_id)
+        result.outcomes += self.deliverer.deliver(run_id=run.run_id, on_outcome=self.on_outcome)
 
     def _execute_with_retries(self, job: Job, request: RunRequest) -> Execution:
         attempts = job.retries.count + 1
@@ -267,7 +277,9 @@ class RunPath:
         extra = self._output_attachment(job, execution, result)
         try:
             messages = [
-                self._plan(job, replace(mail, attachments=[*mail.attachments, *extra]), kind, result)
+                self._plan(
+                    job, replace(mail, attachments=[*mail.attachments, *extra]), kind, result
+                )
                 for mail in execution.emails
             ]
         except MessageError as error:
