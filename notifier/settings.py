@@ -33,6 +33,9 @@ DEFAULT_RETRY_BACKOFF = 30.0
 DEFAULT_RETRY_BACKOFF_MAX = 900.0
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+# parallel connections to a server of your own (no provider preset); Postfix allows 50 per
+# client by default (smtpd_client_connection_count_limit), Exchange 20 per source
+DEFAULT_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Provider:
     port: int
     security: str
     auth_hint: str
+    # parallel connections for bulk sending (SMTP_CONNECTIONS): what the service tolerates
+    connections: int = 4
 
 
 PROVIDERS: dict[str, Provider] = {
@@ -53,6 +58,8 @@ PROVIDERS: dict[str, Provider] = {
         "Gmail refuses your normal password over SMTP. Turn on 2-Step Verification, create an "
         "app password at https://myaccount.google.com/apppasswords and put its 16 letters in "
         "SMTP_PASSWORD (SMTP_USER is your full Gmail address).",
+        # Gmail refuses or throttles more than a few simultaneous SMTP sessions per account
+        connections=2,
     ),
     "outlook": Provider(
         "smtp-mail.outlook.com",
@@ -61,6 +68,8 @@ PROVIDERS: dict[str, Provider] = {
         "Outlook.com needs an app password when 2-step verification is on "
         "(account.microsoft.com > Security > App passwords); Microsoft 365 tenants must "
         "enable 'Authenticated SMTP' for the mailbox or SMTP AUTH is refused.",
+        # Exchange Online: at most 3 concurrent connections per mailbox
+        connections=2,
     ),
     "yahoo": Provider(
         "smtp.mail.yahoo.com",
@@ -68,6 +77,7 @@ PROVIDERS: dict[str, Provider] = {
         "ssl",
         "Yahoo requires an app password: Account Security > Generate app password, then use "
         "it as SMTP_PASSWORD with your full Yahoo address as SMTP_USER.",
+        connections=2,
     ),
     "mailru": Provider(
         "smtp.mail.ru",
@@ -75,6 +85,7 @@ PROVIDERS: dict[str, Provider] = {
         "ssl",
         "Mail.ru requires a password for external applications: Settings > Security > "
         "Passwords for external applications.",
+        connections=2,
     ),
     "sendgrid": Provider(
         "smtp.sendgrid.net",
@@ -82,6 +93,8 @@ PROVIDERS: dict[str, Provider] = {
         "starttls",
         "SendGrid's SMTP user is literally 'apikey' and the password is an API key with "
         "'Mail Send' permission.",
+        # a relay built for volume: parallel connections are what it recommends
+        connections=8,
     ),
 }
 
@@ -128,6 +141,8 @@ class Settings:
     rate_per_day: int | None = None
     retries: int = 3
     helo_name: str | None = None
+    # SMTP_CONNECTIONS; None: the provider preset's, else DEFAULT_CONNECTIONS
+    smtp_connections: int | None = None
     outbox_dir: Path = Path("outbox")
     runs_dir: Path = Path("runs")
     db_url: str = "sqlite:///notifier.db"
@@ -150,6 +165,14 @@ class Settings:
     def uses_outbox(self) -> bool:
         """True when mail goes to the local outbox (no SMTP server, or NOTIFIER_TRANSPORT)."""
         return self.transport == "outbox" or (self.transport is None and self.host is None)
+
+    @property
+    def connections(self) -> int:
+        """Parallel SMTP connections for delivering many emails (``SMTP_CONNECTIONS``)."""
+        if self.smtp_connections:
+            return self.smtp_connections
+        name = self.provider or provider_of_host(self.host)
+        return PROVIDERS[name].connections if name in PROVIDERS else DEFAULT_CONNECTIONS
 
     @property
     def from_address(self) -> str:
@@ -515,7 +538,19 @@ def _smtp_fields(values: Mapping[str, str]) -> dict[str, object]:
         "rate_per_day": _parse_int(values, "SMTP_RATE_PER_DAY", minimum=1),
         "retries": retries if retries is not None else 3,
         "helo_name": _get(values, "SMTP_HELO_NAME"),
+        "smtp_connections": _parse_connections(values),
     }
+
+
+def _parse_connections(values: Mapping[str, str]) -> int | None:
+    count = _parse_int(values, "SMTP_CONNECTIONS", minimum=1)
+    if count is not None and count > 64:
+        raise ConfigError(
+            f"SMTP_CONNECTIONS={count} is more parallel connections than any mail server "
+            "allows one client.",
+            "use 1-16 (leave it unset for the provider's default)",
+        )
+    return count
 
 
 def _check_timezone(name: str) -> None:

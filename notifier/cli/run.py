@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="write the emails to the outbox instead"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="do not run the notebook: deliver now what the latest run left deferred "
+        "(e.g. after a daily sending limit)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -93,16 +99,95 @@ def run(args: argparse.Namespace) -> int:
         job, settings = _notebook_job(args, target)
     else:
         job, settings = _jobs_file_job(args)
+    if args.resume:
+        return _resume(job, settings)
     check_parameters(job.notebook, job.parameters)  # a typo is refused, nobody is mailed
     if args.kernel:
         _check_kernel(args.kernel)
     announce_outbox(settings, dry_run=args.dry_run)
     ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
+    progress = Progress(ledger)
     try:
-        result = RunPath(settings, ledger).run_now(job, dry_run=args.dry_run)
+        result = RunPath(settings, ledger, on_outcome=progress).run_now(job, dry_run=args.dry_run)
     finally:
+        progress.close()
         ledger.close()
     return _report(result)
+
+
+def _resume(job, settings) -> int:  # noqa: ANN001 - Job, Settings (imported lazily)
+    """``--resume``: deliver now what the job's latest run left deferred; no notebook runs."""
+    from notifier.delivery.worker import Deliverer, default_transports
+    from notifier.ledger import Ledger
+    from notifier.runs.path import RunResult
+
+    ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
+    try:
+        run = ledger.last_run(job.name)
+        if run is None:
+            raise UsageError(
+                f"{job.name} has no run whose mail could be resumed.",
+                f"run it first: notifier run {job.name}",
+            )
+        waiting = ledger.queue.retry(run_id=run.run_id)
+        if not waiting:
+            print(f"{job.name}: run {run.run_id} ({run.status}) has no mail waiting")
+            return 0
+        print(f"{job.name}: resuming run {run.run_id}: {len(waiting)} recipient(s) waiting")
+        progress = Progress(ledger, total=len(waiting))
+        try:
+            deliverer = Deliverer(ledger, settings, default_transports(settings))
+            outcomes = deliverer.deliver(run_id=run.run_id, on_outcome=progress)
+        finally:
+            progress.close()
+        stored = ledger.get(run.run_id) or run
+        return _report(RunResult(stored, None, outcomes))
+    finally:
+        ledger.close()
+
+
+class Progress:
+    """A progress bar on the terminal while a run's emails go out (tqdm, on stderr).
+
+    Shown for more than :attr:`THRESHOLD` recipients, and only when stderr is a terminal
+    (never in logs, pipes or cron mail). Fed by the deliverer's ``on_outcome``.
+    """
+
+    THRESHOLD = 10
+
+    def __init__(self, ledger, total: int | None = None) -> None:  # noqa: ANN001 - Ledger
+        self.ledger = ledger
+        self.total = total
+        self.bar = None
+        self.counts: dict[str, int] = {}
+        self._decided = False
+
+    def __call__(self, outcome) -> None:  # noqa: ANN001 - Outcome
+        """Count one recipient's answer."""
+        import sys
+
+        if outcome.purpose != "report":
+            return
+        if not self._decided:
+            self._decided = True
+            total = self.total
+            if total is None:
+                total = sum(self.ledger.queue.counts(outcome.run_id).values())
+            if total > self.THRESHOLD and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="rcpt", desc="sending", file=sys.stderr)
+        status = outcome.status.value
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if self.bar is not None:
+            self.bar.set_postfix(self.counts, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        """End the bar (it stays on the screen with its final counts)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _check_kernel(name: str) -> None:

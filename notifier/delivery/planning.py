@@ -1,10 +1,12 @@
 """Planning: an :class:`~notifier.mail.model.Email` becomes a queue entry, and back.
 
-Planning composes each email once (so an invalid address, a line break in a header or an
+Planning writes each email once (so an invalid address, a line break in a header or an
 oversized message fails the run with the real cause before anything is queued), fixes
 its Message-ID and Date, and stores it as a *spec* (headers and bodies as JSON, parts by
 sha256) plus its parts. Delivery rebuilds the same message from the spec, so the email
 that goes out, the one the dashboard shows and the one a retry sends are the same.
+Both sides use the fast writer (:mod:`notifier.mail.mime`); the text/plain rendering of
+an HTML body is made once, at planning, and kept in the spec (``text_alt``).
 
 The content key identifies an email within a run whatever order the notebook built it
 in: ``report.email(..., key="region-north")`` when the notebook gives one, else a hash
@@ -21,10 +23,11 @@ import json
 import re
 from dataclasses import replace
 from datetime import datetime
-from email.utils import formatdate
+from email.utils import formatdate, make_msgid
 
 from notifier.ledger.queue import DueMessage, NewMessage
-from notifier.mail.model import Email, InlineImage, Outgoing, compose
+from notifier.mail.mime import write
+from notifier.mail.model import Email, InlineImage, Outgoing, check, text_alternative
 from notifier.mail.parts import Part
 
 SPEC_VERSION = 1
@@ -77,8 +80,19 @@ def plan_email(
     ``optional_attachments``: a notice whose attachments may be left out when the server
     refuses the message as too large (the failure email's output notebook).
     """
-    outgoing = compose(mail, default_sender=default_sender, max_size=max_size)
-    message = outgoing.message
+    checked = check(mail, default_sender=default_sender)
+    message_id = make_msgid(domain=checked.sender.domain)
+    date = formatdate(localtime=True)
+    text = text_alternative(mail)
+    outgoing = write(
+        mail,
+        default_sender=default_sender,
+        message_id=message_id,
+        date=date,
+        text=text,
+        max_size=max_size,
+        checked=checked,
+    )
     parts: dict[str, bytes] = {}
 
     def ref(part: Part) -> dict[str, str]:
@@ -94,10 +108,12 @@ def plan_email(
         "cc": list(mail.cc),
         "reply_to": list(mail.reply_to),
         "headers": dict(mail.headers),
-        "date": str(message["Date"]),
-        "message_id": str(message["Message-ID"]),
+        "date": date,
+        "message_id": message_id,
         "html": mail.html,
         "text": mail.text,
+        # the text/plain part made from the HTML (rendered once, here)
+        "text_alt": text if mail.text is None and mail.html is not None else None,
         "images": [dict(ref(i.part), cid=i.cid) for i in mail.images],
         "attachments": [ref(p) for p in mail.attachments],
         "optional_attachments": optional_attachments,
@@ -105,7 +121,7 @@ def plan_email(
     return NewMessage(
         email_key=key or content_key(mail),
         purpose=purpose,
-        message_id=str(message["Message-ID"]),
+        message_id=message_id,
         subject=mail.subject,
         sender=outgoing.sender,
         size=outgoing.size,
@@ -159,6 +175,7 @@ def outgoing_from(
     """Rebuild a queued message for ``recipients`` (its envelope), as it was planned."""
     spec = due.spec
     mail = email_from_spec(spec, parts, attachments=attachments)
+    text = spec.get("text_alt") if mail.text is None else None
     if not attachments and spec.get("attachments"):
         names = ", ".join(e["filename"] for e in spec["attachments"])
         note = (
@@ -166,13 +183,15 @@ def outgoing_from(
             "server refused the message as too large. They are in the run folder.</i></p>"
         )
         mail = replace(mail, html=(mail.html or "") + note if mail.html is not None else None)
+        text = None  # the HTML changed: render its text again
     # the header recipients come from the spec; the envelope is the rows still to deliver
     if not (mail.to or mail.cc):
         mail = replace(mail, bcc=list(recipients))
-    outgoing = compose(
+    outgoing = write(
         mail,
         default_sender=spec.get("sender") or due.sender,
         message_id=spec.get("message_id") or due.message_id,
         date=spec.get("date") or formatdate(localtime=True),
+        text=text,
     )
-    return replace(outgoing, sender=due.sender, recipients=tuple(recipients))
+    return outgoing.with_envelope(due.sender, tuple(recipients))

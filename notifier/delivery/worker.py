@@ -1,7 +1,10 @@
 """The delivery worker: sends what the outbound queue holds and records every answer.
 
-One pass (:meth:`Deliverer.deliver`) claims the due messages, opens one session per
-transport, and for each message: sends it, marking its rows ``sending`` when the server
+One pass (:meth:`Deliverer.deliver`) claims the due messages in batches and hands them to
+up to ``SMTP_CONNECTIONS`` sessions per transport (threads, each with its own connection,
+taking messages from one shared lane, so messages are built while others are on the
+wire); a session whose server connection fails for good stops taking messages and leaves
+them to the others. For each message a session: sends it, marking its rows ``sending`` when the server
 is ready for the message itself (its 354 reply to DATA: before that a crash is harmless,
 as the server cannot have the message), and records each recipient's answer. Temporary failures (4xx, a
 server that is down, a refused login, a timeout) become ``deferred`` with the next try
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -43,6 +47,7 @@ log = logging.getLogger("notifier.delivery")
 
 TransportFactory = Callable[[str], Transport]
 _SIZE_WORDS = ("SIZE", "larger than", "too large", "too big")
+_PARTS_BUDGET = 64 * 1024 * 1024  # part bytes kept in memory by one delivery pass
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class Outcome:
     next_attempt_at: datetime | None
     location: str | None
     transport: str
+
+
+OutcomeCallback = Callable[[Outcome], None]
 
 
 def _bare(address: str) -> str:
@@ -102,30 +110,49 @@ class Deliverer:
         limit: int = 100,
         max_passes: int = 1000,
         settled_for: float = 0.0,
+        on_outcome: OutcomeCallback | None = None,
     ) -> list[Outcome]:
         """Send everything due now (of ``run_id`` / ``message_pks``); every answer recorded.
 
         Returns what happened to each recipient tried (or deferred without a try because
-        the server was unusable). Deferred entries stay in the queue for a later pass.
+        the server was unusable); ``on_outcome`` is called with each as it is recorded (a
+        progress bar). Deferred entries stay in the queue for a later pass. Claims
+        ``limit`` messages at a time, so memory stays bounded however many are due.
         """
-        outcomes: list[Outcome] = []
         runs: set[str] = set()
-        for _ in range(max_passes):
-            if self.stopping.is_set():
-                break
-            due = self._patience.call(
-                lambda: self.queue.claim_due(
-                    limit=limit, run_id=run_id, message_pks=message_pks, settled_for=settled_for
-                ),
-                "claiming due mail",
-                give_up=[],
-            )
-            if not due:
-                break
-            runs.update(message.run_id for message in due)
-            outcomes += self._send_batch(due)
+        lanes: dict[str, _Lane] = {}
+        try:
+            for _ in range(max_passes):
+                if self.stopping.is_set():
+                    break
+                due = self._patience.call(
+                    lambda: self.queue.claim_due(
+                        limit=limit,
+                        run_id=run_id,
+                        message_pks=message_pks,
+                        settled_for=settled_for,
+                    ),
+                    "claiming due mail",
+                    give_up=[],
+                )
+                if not due:
+                    # mail still on the wire may come back due at once (on_unknown: resend)
+                    if not any(lane.busy() for lane in lanes.values()):
+                        break
+                    for lane in lanes.values():
+                        lane.wait_until_idle()
+                    continue
+                runs.update(message.run_id for message in due)
+                for message in due:
+                    lane = lanes.get(message.transport)
+                    if lane is None:
+                        lane = lanes[message.transport] = _Lane(self, message.transport, on_outcome)
+                    lane.put(message)  # waits while the sessions have enough to do
+        finally:
+            for lane in lanes.values():
+                lane.close()
         self.settle(runs)
-        return outcomes
+        return [outcome for lane in lanes.values() for outcome in lane.outcomes]
 
     def housekeeping(self) -> None:
         """Settle rows of dead nodes, expire overdue mail, and end runs whose mail is settled."""
@@ -142,22 +169,6 @@ class Deliverer:
 
     # -------------------------------------------------------------- one batch
 
-    def _send_batch(self, due: list[DueMessage]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        by_kind: dict[str, list[DueMessage]] = {}
-        for message in due:
-            by_kind.setdefault(message.transport, []).append(message)
-        for kind, messages in by_kind.items():
-            transport = self.transports(kind)
-            with transport.session() as session:
-                parts: dict[str, bytes] = {}
-                for index, message in enumerate(messages):
-                    if self.stopping.is_set():
-                        self._release(messages[index:])
-                        break
-                    outcomes += self._send_one(session, transport.name, message, parts)
-        return outcomes
-
     def _send_one(
         self, session: Session, kind: str, message: DueMessage, parts: dict[str, bytes]
     ) -> list[Outcome]:
@@ -172,9 +183,13 @@ class Deliverer:
             )
         if session.broken is not None:
             # not tried: the server is unusable in this session (down, login refused, limit)
-            return self._record(message, self._deferred(message, rows, session.broken, now), kind)
+            retry_at = getattr(session, "retry_at", None)
+            answers = self._deferred(message, rows, session.broken, now, retry_at)
+            return self._record(message, answers, kind)
         missing = [sha for sha in spec_parts(message.spec) if sha not in parts]
         if missing:
+            if sum(map(len, parts.values())) > _PARTS_BUDGET:
+                parts.clear()
             parts.update(self.queue.load_parts(missing))
         try:
             outgoing = outgoing_from(message, parts, [r.address for r in rows])
@@ -240,7 +255,15 @@ class Deliverer:
             if answer is None:
                 if result.retryable:
                     answers.append(
-                        self._defer(message, row.row_id, None, result.error or "", now, failures)
+                        self._defer(
+                            message,
+                            row.row_id,
+                            None,
+                            result.error or "",
+                            now,
+                            failures,
+                            result.retry_at,
+                        )
                     )
                 else:
                     reason = result.error or "not delivered"
@@ -264,7 +287,11 @@ class Deliverer:
                 answers.append(Answer(row.row_id, RecipientStatus.UNKNOWN, None, answer.reply))
             elif answer.transient:
                 reply = f"{answer.code} {answer.reply}".strip() if answer.code else answer.reply
-                answers.append(self._defer(message, row.row_id, answer.code, reply, now, failures))
+                answers.append(
+                    self._defer(
+                        message, row.row_id, answer.code, reply, now, failures, result.retry_at
+                    )
+                )
             else:
                 answers.append(
                     Answer(row.row_id, RecipientStatus.REFUSED, answer.code, answer.reply)
@@ -272,10 +299,16 @@ class Deliverer:
         return answers
 
     def _deferred(
-        self, message: DueMessage, rows: list, reason: str, now: datetime
+        self,
+        message: DueMessage,
+        rows: list,
+        reason: str,
+        now: datetime,
+        retry_at: datetime | None = None,
     ) -> list[Answer]:
         answers = (
-            self._defer(message, r.row_id, None, reason, now, max(r.attempts, 1)) for r in rows
+            self._defer(message, r.row_id, None, reason, now, max(r.attempts, 1), retry_at)
+            for r in rows
         )
         return [replace(answer, tried=False) for answer in answers]
 
@@ -287,7 +320,21 @@ class Deliverer:
         reply: str,
         now: datetime,
         failures: int,
+        retry_at: datetime | None = None,
     ) -> Answer:
+        """Deferred until the backoff's next try, or ``retry_at`` when the sending limit says
+        when it frees up (a daily limit). Mail held back by our own limit is not stale: its
+        lifetime is extended past that moment instead of letting it expire."""
+        if retry_at is not None and retry_at > now:
+            if retry_at >= message.expires_at:
+                until = retry_at + timedelta(hours=1)
+                self._patience.call(
+                    lambda: self.queue.extend_lifetime(message.message_pk, until),
+                    "extending the lifetime of mail held back by a sending limit",
+                    give_up=None,
+                )
+                message.expires_at = until
+            return Answer(row_id, RecipientStatus.DEFERRED, code, reply, retry_at)
         retry_at = self.backoff.next_attempt(now, failures)
         if retry_at >= message.expires_at:
             text = f"expired: not delivered within its lifetime; last error: {reply}"
@@ -428,6 +475,140 @@ class Deliverer:
         self.deliver(run_id=run.run_id)
 
     # ---------------------------------------------------------------- ledger
+
+
+class _Lane:
+    """The sessions of one transport kind in a delivery pass, and the messages they share.
+
+    The pass puts claimed messages in; up to ``connections`` threads (one session, so one
+    connection, each) take them one at a time. A thread whose session broke leaves the
+    rest to the healthy ones; the last thread standing answers what remains as deferred
+    (the server is unusable), as a single session always did.
+    """
+
+    def __init__(self, deliverer: Deliverer, kind: str, on_outcome: OutcomeCallback | None):
+        self.deliverer = deliverer
+        self.kind = kind
+        self.on_outcome = on_outcome
+        first = deliverer.transports(kind)
+        self.connections = (
+            max(1, deliverer.settings.connections) if getattr(first, "name", "") == "smtp" else 1
+        )
+        self._spare: Transport | None = first
+        self.outcomes: list[Outcome] = []
+        self.parts: dict[str, bytes] = {}
+        self._pending: deque[DueMessage] = deque()
+        self._busy = 0
+        self._threads: list[threading.Thread] = []
+        self._healthy = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, message: DueMessage) -> None:
+        """Queue ``message`` for a session (waits while enough are already waiting)."""
+        with self._cond:
+            while len(self._pending) >= 2 * self.connections and self._alive():
+                self._cond.wait(0.5)
+            self._pending.append(message)
+            idle = len(self._threads) - self._busy
+            if len(self._threads) < self.connections and len(self._pending) > idle:
+                self._start()
+            self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Are messages waiting or being sent?"""
+        with self._cond:
+            return bool(self._pending or self._busy)
+
+    def wait_until_idle(self) -> None:
+        """Wait until every message put in has its answer recorded."""
+        with self._cond:
+            while (self._pending or self._busy) and self._alive():
+                self._cond.wait(0.5)
+
+    def close(self) -> None:
+        """No more messages: let the sessions finish and end (QUIT); give back leftovers."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+        if self._pending:  # every session died: the claims are given back
+            self.deliverer._release(list(self._pending))
+            self._pending.clear()
+
+    def _alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=self._run, name=f"deliver-{self.kind}-{len(self._threads) + 1}", daemon=True
+        )
+        self._threads.append(thread)
+        self._healthy += 1
+        thread.start()
+
+    def _take(self, broken: bool) -> DueMessage | None:
+        with self._cond:
+            while True:
+                if self._pending:
+                    if broken and self._healthy > 0:
+                        return None  # a working connection sends it
+                    self._busy += 1
+                    message = self._pending.popleft()
+                    self._cond.notify_all()
+                    return message
+                if self._closed:
+                    return None
+                self._cond.wait()
+
+    def _done(self, outcomes: list[Outcome]) -> None:
+        with self._cond:
+            self._busy -= 1
+            self.outcomes += outcomes
+            if self.on_outcome is not None:
+                for outcome in outcomes:
+                    try:
+                        self.on_outcome(outcome)
+                    except Exception:  # a progress display must never stop delivery
+                        log.debug("on_outcome failed", exc_info=True)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        deliverer = self.deliverer
+        with self._cond:
+            transport, self._spare = self._spare, None
+        transport = transport or deliverer.transports(self.kind)
+        broken = False
+        try:
+            with transport.session() as session:
+                while True:
+                    message = self._take(broken)
+                    if message is None:
+                        return
+                    outcomes: list[Outcome] = []
+                    try:
+                        if deliverer.stopping.is_set():
+                            deliverer._release([message])
+                        else:
+                            outcomes = deliverer._send_one(
+                                session, transport.name, message, self.parts
+                            )
+                    except Exception:
+                        log.exception("delivery of %r failed unexpectedly", message.subject)
+                        deliverer._release([message])
+                    finally:
+                        self._done(outcomes)
+                    if session.broken is not None and not broken:
+                        broken = True
+                        with self._cond:
+                            self._healthy -= 1
+                            self._cond.notify_all()
+        finally:
+            if not broken:
+                with self._cond:
+                    self._healthy -= 1
+                    self._cond.notify_all()
 
 
 def default_transports(settings: Settings) -> TransportFactory:

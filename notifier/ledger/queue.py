@@ -215,8 +215,9 @@ class OutboundQueue:
                     update(runs_table).where(runs_table.c.run_id == run_id).values(**values)
                 )
             now = self.db.now()
+            stored: set[str] = set()  # parts written in this transaction (a shared chart)
             for message in messages:
-                added += self._store(conn, run_id, message, now)
+                added += self._store(conn, run_id, message, now, stored)
         return added
 
     def add(self, run_id: str, messages: Iterable[NewMessage]) -> int:
@@ -226,14 +227,26 @@ class OutboundQueue:
         added = 0
         with self.db.tx(write=True) as conn:
             now = self.db.now()
+            stored: set[str] = set()
             for message in messages:
-                added += self._store(conn, run_id, message, now)
+                added += self._store(conn, run_id, message, now, stored)
         return added
 
-    def _store(self, conn: Connection, run_id: str, message: NewMessage, now: datetime) -> int:
+    def _store(
+        self,
+        conn: Connection,
+        run_id: str,
+        message: NewMessage,
+        now: datetime,
+        stored: set[str] | None = None,
+    ) -> int:
         if message.purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}; got {message.purpose!r}")
-        self._store_parts(conn, message.parts, now)
+        if stored is None:
+            stored = set()
+        # a part shared by many emails of the run is written (or touched) once per transaction
+        self._store_parts(conn, {k: v for k, v in message.parts.items() if k not in stored}, now)
+        stored.update(message.parts)
         conn.execute(
             _insert_ignoring_duplicates(conn, messages_table).values(
                 run_id=run_id,
@@ -694,23 +707,31 @@ class OutboundQueue:
     # ------------------------------------------------------------- operators
 
     def retry(
-        self, *, message_pk: int | None = None, recipient: str | None = None, all_: bool = False
+        self,
+        *,
+        message_pk: int | None = None,
+        recipient: str | None = None,
+        all_: bool = False,
+        run_id: str | None = None,
     ) -> list[int]:
         """Make rows due now: deferred (any), or final ones named explicitly.
 
-        ``all_`` retries every deferred row; a message id retries that message's deferred,
+        ``all_`` retries every deferred row; ``run_id`` the deferred rows of one run
+        (``notifier run JOB --resume``); a message id retries that message's deferred,
         expired, unknown, refused and dropped rows (an operator's explicit decision).
         Returns the rows affected.
         """
         r = recipients_table
-        if message_pk is None and not all_:
-            raise ValueError("name a message or pass all_=True")
+        if message_pk is None and not all_ and run_id is None:
+            raise ValueError("name a message or a run, or pass all_=True")
         with self.db.tx(write=True) as conn:
             now = self.db.now()
-            if all_:
+            if all_ or run_id is not None:
                 where = [
                     r.c.status.in_([RecipientStatus.DEFERRED.value, RecipientStatus.QUEUED.value])
                 ]
+                if run_id is not None:
+                    where.append(r.c.run_id == run_id)
             else:
                 where = [
                     r.c.message_pk == message_pk,
@@ -732,7 +753,7 @@ class OutboundQueue:
                     updated_at=now,
                 )
             )
-            if not all_:
+            if message_pk is not None and not all_:
                 # an explicit retry of an expired message gives it a new lifetime
                 conn.execute(
                     update(messages_table)
@@ -740,6 +761,15 @@ class OutboundQueue:
                     .values(expires_at=now + timedelta(days=1))
                 )
         return ids
+
+    def extend_lifetime(self, message_pk: int, until: datetime) -> None:
+        """Keep a message alive at least ``until`` (mail held back by a sending limit)."""
+        with self.db.tx(write=True) as conn:
+            conn.execute(
+                update(messages_table)
+                .where(messages_table.c.id == message_pk, messages_table.c.expires_at < until)
+                .values(expires_at=as_utc(until, "until"))
+            )
 
     def drop(self, *, message_pk: int, recipient: str | None = None) -> list[int]:
         """Drop a message's waiting rows (recorded as ``dropped``, never sent)."""

@@ -12,6 +12,11 @@ Structure of a composed message (parts that are not needed are left out)::
 
 Everything a user can get wrong (addresses, header injection, size) is checked
 in :func:`compose`, before any connection is opened.
+
+:func:`compose` builds the message with the stdlib (``EmailMessage``): the reference, used
+for single messages (``notifier send``, previews, ``send_test``). Bulk delivery writes the
+same tree with :mod:`notifier.mail.mime`, which shares :func:`check` and
+:func:`text_alternative` with it and is tested to read back identically.
 """
 
 from __future__ import annotations
@@ -69,18 +74,69 @@ class Email:
         return list(seen)
 
 
-@dataclass(frozen=True)
 class Outgoing:
-    """A composed message plus its SMTP envelope (Bcc lives only here, never in headers)."""
+    """A composed message plus its SMTP envelope (Bcc lives only here, never in headers).
 
-    message: EmailMessage
-    sender: str
-    recipients: tuple[str, ...]
+    Made from a stdlib ``EmailMessage`` (:func:`compose`), or from the bytes
+    :mod:`notifier.mail.mime` wrote (``raw``, with its Message-ID and Subject); ``message``
+    then parses them back when someone asks for it.
+    """
+
+    def __init__(
+        self,
+        message: EmailMessage | None = None,
+        sender: str = "",
+        recipients: tuple[str, ...] = (),
+        *,
+        raw: bytes | None = None,
+        message_id: str = "",
+        subject: str = "",
+    ) -> None:
+        if message is None and raw is None:
+            raise ValueError("Outgoing needs a message or its raw bytes")
+        self._message = message
+        self.sender = sender
+        self.recipients = tuple(recipients)
+        self._raw = raw
+        self._message_id = message_id
+        self._subject = subject
+
+    def __repr__(self) -> str:
+        return f"Outgoing({self.subject!r}, {self.message_id}, to {list(self.recipients)})"
+
+    def with_envelope(self, sender: str, recipients: tuple[str, ...]) -> Outgoing:
+        """The same message with another SMTP envelope."""
+        copy = Outgoing(
+            self._message,
+            sender,
+            recipients,
+            raw=self._raw,
+            message_id=self._message_id,
+            subject=self._subject,
+        )
+        if "data" in self.__dict__:
+            copy.__dict__["data"] = self.__dict__["data"]
+        return copy
+
+    @cached_property
+    def message(self) -> EmailMessage:
+        """The message as a stdlib ``EmailMessage`` (parsed back from raw bytes if need be)."""
+        if self._message is not None:
+            return self._message
+        from email import message_from_bytes
+
+        assert self._raw is not None
+        parsed = message_from_bytes(self._raw, policy=email.policy.SMTP)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
 
     @cached_property
     def data(self) -> bytes:
         """The message as sent on the wire: CRLF line endings, lines folded for SMTP."""
-        return self.message.as_bytes(policy=email.policy.SMTP)
+        if self._raw is not None:
+            return self._raw
+        assert self._message is not None
+        return self._message.as_bytes(policy=email.policy.SMTP)
 
     @property
     def size(self) -> int:
@@ -90,12 +146,16 @@ class Outgoing:
     @property
     def message_id(self) -> str:
         """The Message-ID header."""
-        return str(self.message.get("Message-ID", ""))
+        if self._message is None:
+            return self._message_id
+        return str(self._message.get("Message-ID", ""))
 
     @property
     def subject(self) -> str:
         """The Subject header."""
-        return str(self.message.get("Subject", ""))
+        if self._message is None:
+            return self._subject
+        return str(self._message.get("Subject", ""))
 
 
 def check_header_value(name: str, value: str) -> str:
@@ -179,22 +239,21 @@ def _split_address_list(value: str) -> list[str]:
     return [entry.strip() for entry in entries if entry.strip()]
 
 
-def compose(
-    mail: Email,
-    *,
-    default_sender: str,
-    max_size: int | None = None,
-    message_id_domain: str | None = None,
-    message_id: str | None = None,
-    date: str | None = None,
-) -> Outgoing:
-    """Validate ``mail`` and build the MIME message with its envelope.
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`check` found valid: parsed addresses and the envelope recipients."""
 
-    ``message_id`` and ``date`` fix those headers (the delivery queue rebuilds a stored
-    email exactly as planned); by default they are new. Raises MessageError for a missing
-    recipient, a bad address, a line break in a header, or a message larger than
-    ``max_size`` bytes.
-    """
+    subject: str
+    sender: Address
+    to: list[Address]
+    cc: list[Address]
+    bcc: list[Address]
+    reply_to: list[Address]
+    recipients: tuple[str, ...]
+
+
+def check(mail: Email, *, default_sender: str) -> Checked:
+    """Validate what a user can get wrong in ``mail`` (MessageError names it and the fix)."""
     subject = check_header_value("subject", mail.subject or "")
     sender = parse_address(mail.sender or default_sender, role="sender")
     to = parse_addresses(mail.to, role="to")
@@ -206,6 +265,56 @@ def compose(
             f"The email {subject!r} has no recipients.",
             "give at least one address in to, cc or bcc (or --to on the command line)",
         )
+    for name, value in mail.headers.items():
+        check_header_value(f"header {name}", name)
+        check_header_value(f"header {name}", value)
+    for part in [*mail.attachments, *(image.part for image in mail.images)]:
+        check_header_value("file name", part.filename)
+    if mail.html is None and mail.images:
+        raise MessageError("Inline images need an HTML body that shows them.", "add an html body")
+    seen: dict[str, None] = {}
+    for addr in [*to, *cc, *bcc]:
+        seen.setdefault(addr.addr_spec, None)
+    return Checked(subject, sender, to, cc, bcc, reply_to, tuple(seen))
+
+
+def text_alternative(mail: Email) -> str:
+    """The text/plain part: ``mail.text``, else a rendering of its HTML body, else empty."""
+    if mail.text is not None:
+        return mail.text
+    return html_to_text(mail.html) if mail.html is not None else ""
+
+
+def check_size(out: Outgoing, max_size: int | None) -> None:
+    """MessageError when ``out`` is larger than ``max_size`` bytes encoded."""
+    if max_size is not None and out.size > max_size:
+        raise MessageError(
+            f"The email {out.subject!r} is {out.size / 1e6:.1f} MB encoded, over the "
+            f"{max_size / 1e6:.1f} MB limit.",
+            "attach fewer or smaller files (or link to them), or raise NOTIFIER_MAX_MESSAGE_SIZE "
+            "if your server accepts larger messages",
+        )
+
+
+def compose(
+    mail: Email,
+    *,
+    default_sender: str,
+    max_size: int | None = None,
+    message_id_domain: str | None = None,
+    message_id: str | None = None,
+    date: str | None = None,
+) -> Outgoing:
+    """Validate ``mail`` and build the MIME message with its envelope (stdlib).
+
+    ``message_id`` and ``date`` fix those headers (the delivery queue rebuilds a stored
+    email exactly as planned); by default they are new. Raises MessageError for a missing
+    recipient, a bad address, a line break in a header, or a message larger than
+    ``max_size`` bytes.
+    """
+    checked = check(mail, default_sender=default_sender)
+    subject, sender, to, cc = checked.subject, checked.sender, checked.to, checked.cc
+    reply_to = checked.reply_to
 
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["Subject"] = subject
@@ -219,43 +328,24 @@ def compose(
     msg["Date"] = date or formatdate(localtime=True)
     msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain or sender.domain)
     for name, value in mail.headers.items():
-        check_header_value(f"header {name}", name)
-        msg[name] = check_header_value(f"header {name}", value)
-
-    for part in [*mail.attachments, *(image.part for image in mail.images)]:
-        check_header_value("file name", part.filename)
+        msg[name] = value
     _set_body(msg, mail)
     for part in mail.attachments:
         msg.add_attachment(
             part.data, maintype=part.maintype, subtype=part.subtype, filename=part.filename
         )
 
-    seen: dict[str, None] = {}
-    for addr in [*to, *cc, *bcc]:
-        seen.setdefault(addr.addr_spec, None)
-    out = Outgoing(message=msg, sender=sender.addr_spec, recipients=tuple(seen))
-    if max_size is not None and out.size > max_size:
-        raise MessageError(
-            f"The email {subject!r} is {out.size / 1e6:.1f} MB encoded, over the "
-            f"{max_size / 1e6:.1f} MB limit.",
-            "attach fewer or smaller files (or link to them), or raise NOTIFIER_MAX_MESSAGE_SIZE "
-            "if your server accepts larger messages",
-        )
+    out = Outgoing(message=msg, sender=sender.addr_spec, recipients=checked.recipients)
+    check_size(out, max_size)
     return out
 
 
 def _set_body(msg: EmailMessage, mail: Email) -> None:
-    text = mail.text
-    if text is None and mail.html is not None:
-        text = html_to_text(mail.html)
-    msg.set_content(text or "", cte=_text_encoding(text or ""))
+    text = text_alternative(mail)
+    msg.set_content(text, cte=text_encoding(text))
     if mail.html is None:
-        if mail.images:
-            raise MessageError(
-                "Inline images need an HTML body that shows them.", "add an html body"
-            )
         return
-    msg.add_alternative(_html_document(mail.html), subtype="html", cte=_text_encoding(mail.html))
+    msg.add_alternative(html_document(mail.html), subtype="html", cte=text_encoding(mail.html))
     if mail.images:
         html_part = msg.get_payload()[1]
         for image in mail.images:
@@ -269,12 +359,14 @@ def _set_body(msg: EmailMessage, mail: Email) -> None:
             )
 
 
-def _text_encoding(text: str) -> str:
-    # quoted-printable keeps mostly-ASCII text readable in raw form; base64 for the rest
-    return "quoted-printable" if sum(not c.isascii() for c in text) < len(text) / 4 else "base64"
+def text_encoding(text: str) -> str:
+    """quoted-printable keeps mostly-ASCII text readable in raw form; base64 for the rest."""
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))  # counted in C
+    return "quoted-printable" if non_ascii < len(text) / 4 else "base64"
 
 
-def _html_document(body: str) -> str:
+def html_document(body: str) -> str:
+    """The HTML part: ``body`` as is when it is a whole document, else wrapped in one."""
     if re.search(r"<html[\s>]", body, re.I):
         return body
     return (

@@ -1,8 +1,11 @@
-"""SMTP rate limits: per minute in the process, per day across processes (SQLite).
+"""SMTP rate limits, counted in recipients: per minute in the process, per day across
+processes (SQLite).
 
-Gmail allows about 500 messages a day; the daily count is kept in
-``.notifier-state/smtp-rate.sqlite3`` beside the outbox folder so that every
-process sending for the same account shares it.
+Providers count recipients, not messages (Gmail's ~500 a day is 500 recipients: one email
+to 3 people uses 3). The daily count is kept in ``.notifier-state/smtp-rate.sqlite3``
+beside the outbox folder so that every process and every parallel connection sending for
+the same account shares it; when it is reached, :meth:`DailyLimit.reserve` says when the
+rolling window frees up again, and the queue defers the rest until then.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from notifier.settings import Settings
@@ -26,8 +30,23 @@ def default_state_dir(settings: Settings) -> Path:
     return settings.outbox_dir.parent / STATE_DIR_NAME
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What :meth:`DailyLimit.reserve` allowed: ``granted`` of the recipients asked for.
+
+    ``token`` identifies the reservation (None when nothing was granted); ``count`` is the
+    recipients counted in the last 24 hours, this grant included; ``free_at`` (wall clock)
+    is when the window frees room again once it is full.
+    """
+
+    token: int | None
+    granted: int
+    count: int
+    free_at: float | None
+
+
 class DailyLimit:
-    """A rolling 24-hour message count per account, shared by processes through SQLite."""
+    """A rolling 24-hour recipient count per account, shared by processes through SQLite."""
 
     def __init__(self, path: Path, cap: int, account: str, wall: Callable[[], float]) -> None:
         self.path = path
@@ -38,48 +57,65 @@ class DailyLimit:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS sends (account TEXT NOT NULL, at REAL NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS sends "
+            "(account TEXT NOT NULL, at REAL NOT NULL, n INTEGER NOT NULL DEFAULT 1)"
+        )
+        columns = {row[1] for row in db.execute("PRAGMA table_info(sends)")}
+        if "n" not in columns:  # a file written when the limit counted messages
+            db.execute("ALTER TABLE sends ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
         db.execute("CREATE INDEX IF NOT EXISTS sends_account_at ON sends (account, at)")
         return db
 
-    def reserve(self) -> tuple[float | None, int]:
-        """Take a slot: ``(token, count)``; token is None when the cap is reached."""
+    def reserve(self, recipients: int = 1) -> Grant:
+        """Take room for up to ``recipients`` recipients (fewer when the cap is near)."""
         now = self._wall()
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM sends WHERE at < ?", (now - DAY_SECONDS,))
             (count,) = db.execute(
-                "SELECT COUNT(*) FROM sends WHERE account = ?", (self.account,)
+                "SELECT COALESCE(SUM(n), 0) FROM sends WHERE account = ?", (self.account,)
             ).fetchone()
-            if count >= self.cap:
-                db.execute("COMMIT")
-                return None, count
-            db.execute("INSERT INTO sends (account, at) VALUES (?, ?)", (self.account, now))
+            granted = max(0, min(recipients, self.cap - count))
+            token = None
+            if granted:
+                cursor = db.execute(
+                    "INSERT INTO sends (account, at, n) VALUES (?, ?, ?)",
+                    (self.account, now, granted),
+                )
+                token = cursor.lastrowid
+            free_at = None
+            if granted < recipients:
+                (oldest,) = db.execute(
+                    "SELECT MIN(at) FROM sends WHERE account = ?", (self.account,)
+                ).fetchone()
+                free_at = (oldest if oldest is not None else now) + DAY_SECONDS
             db.execute("COMMIT")
-            return now, count + 1
+            return Grant(token, granted, count + granted, free_at)
         finally:
             db.close()
 
-    def release(self, token: float) -> None:
-        """Give a slot back (the message reached nobody)."""
+    def release(self, token: int, recipients: int | None = None) -> None:
+        """Give room back: all of a reservation, or ``recipients`` of it (they got nothing)."""
         db = self._connect()
         try:
-            db.execute(
-                "DELETE FROM sends WHERE rowid IN "
-                "(SELECT rowid FROM sends WHERE account = ? AND at = ? LIMIT 1)",
-                (self.account, token),
-            )
+            if recipients is None:
+                db.execute("DELETE FROM sends WHERE rowid = ?", (token,))
+            else:
+                db.execute("UPDATE sends SET n = n - ? WHERE rowid = ?", (recipients, token))
+                db.execute("DELETE FROM sends WHERE rowid = ? AND n <= 0", (token,))
         finally:
             db.close()
 
 
 class MinuteWindow:
-    """The sends of the last minute for one account, shared by every transport in the process."""
+    """The recipients sent to in the last minute for one account, as (time, count) pairs,
+    shared by every transport (and so every parallel connection) in the process."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.recent: deque[float] = deque()
+        self.recent: deque[tuple[float, int]] = deque()
 
 
 _MINUTE_WINDOWS: dict[tuple[str, str, int], MinuteWindow] = {}

@@ -38,7 +38,13 @@ from notifier.delivery.notices import (
     run_failed_email,
 )
 from notifier.delivery.planning import plan_email
-from notifier.delivery.worker import Deliverer, Outcome, TransportFactory, default_transports
+from notifier.delivery.worker import (
+    Deliverer,
+    Outcome,
+    OutcomeCallback,
+    TransportFactory,
+    default_transports,
+)
 from notifier.errors import LedgerError, MessageError, NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Fenced, Ledger, Run
@@ -106,8 +112,11 @@ class RunPath:
         stopping: threading.Event | None = None,
         abort: threading.Event | None = None,
         executor: Callable[..., Execution] = execute,  # (request, settings, *, progress)
+        on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self.settings = settings
+        # told of each recipient's answer as the run's mail goes out (a progress bar)
+        self.on_outcome = on_outcome
         self.ledger = ledger
         # stopping: no new attempts (a shutdown began); abort: stop sending now (its grace
         # period is over). Mail not sent by then stays queued for the next daemon.
@@ -214,7 +223,9 @@ class RunPath:
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
             if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
-                result.outcomes += self.deliverer.deliver(run_id=run.run_id)
+                result.outcomes += self.deliverer.deliver(
+                    run_id=run.run_id, on_outcome=self.on_outcome
+                )
             return
         result.execution = execution
         result.warnings += execution.warnings
@@ -245,7 +256,7 @@ class RunPath:
             self._plan_and_queue(job, run, execution, kind, result)
         else:
             self._fail(job, run, execution, kind, execution.error or "the run failed")
-        result.outcomes += self.deliverer.deliver(run_id=run.run_id)
+        result.outcomes += self.deliverer.deliver(run_id=run.run_id, on_outcome=self.on_outcome)
 
     def _progress(self, run: Run) -> Callable[[dict[str, Any]], None]:
         """Where the worker's progress goes: the run's row, shown live by the dashboard."""

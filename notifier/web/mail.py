@@ -27,6 +27,7 @@ from starlette.routing import Route
 from notifier.delivery.planning import outgoing_from, spec_parts
 from notifier.ledger import Ledger, Run
 from notifier.ledger.queries import mail_row
+from notifier.mail.model import Outgoing
 from notifier.mail.preview import attachments, body_parts, html_with_data_uris, inline_images
 from notifier.web.pages import get_run, render
 from notifier.web.security import download, inside, sandboxed
@@ -73,16 +74,23 @@ def _view(message: EmailMessage, envelope: list[str], base: str, **extra: Any) -
     )
 
 
-def stored_message(
-    ledger: Ledger, run: Run, message_pk: int
-) -> tuple[EmailMessage, list[str], Any]:
-    """A queued message of ``run`` rebuilt as it was sent: (message, envelope, stored row)."""
+def stored_outgoing(ledger: Ledger, run: Run, message_pk: int) -> tuple[Outgoing, list[str], Any]:
+    """A queued message of ``run`` rebuilt by the code that delivers it: (outgoing, envelope,
+    stored row); ``outgoing.data`` are the bytes that went on the wire."""
     due = ledger.queue.message(message_pk)
     if due is None or due.run_id != run.run_id:
         raise HTTPException(404, "No such email in this run.")
     envelope = [r.address for r in due.recipients]
     parts = ledger.queue.load_parts(spec_parts(due.spec))
-    return outgoing_from(due, parts, envelope).message, envelope, due
+    return outgoing_from(due, parts, envelope), envelope, due
+
+
+def stored_message(
+    ledger: Ledger, run: Run, message_pk: int
+) -> tuple[EmailMessage, list[str], Any]:
+    """A queued message of ``run`` as sent, parsed: (message, envelope, stored row)."""
+    outgoing, envelope, due = stored_outgoing(ledger, run, message_pk)
+    return outgoing.message, envelope, due
 
 
 def run_emails(ledger: Ledger, run: Run, zone: tzinfo | None) -> list[EmailView]:
@@ -144,9 +152,13 @@ def email_body(request: Request) -> Response:
 
 
 def email_eml(request: Request) -> Response:
-    """``/runs/{run_id}/emails/{pk}.eml``: the message as sent (RFC 5322 bytes)."""
-    message, _ = _stored(request)
-    return download(message.as_bytes(), f"email-{request.path_params['pk']}.eml", "message/rfc822")
+    """``/runs/{run_id}/emails/{pk}.eml``: the bytes that went on the wire (RFC 5322)."""
+    _dashboard, ledger, run = get_run(request)
+    try:
+        outgoing, _, _ = stored_outgoing(ledger, run, request.path_params["pk"])
+    except LookupError as missing:
+        raise HTTPException(410, f"This email can no longer be rebuilt: {missing}.") from None
+    return download(outgoing.data, f"email-{request.path_params['pk']}.eml", "message/rfc822")
 
 
 def _attachment(message: EmailMessage, index: int) -> Response:

@@ -171,11 +171,11 @@ def test_a_link_lost_after_the_final_dot_is_never_resent_unless_asked(
     on_unknown: str,
 ) -> None:
     server = smtp_server_factory("plain", behaviour=Behaviour(drop_after_data=1))
-    queue = make_queue(settings_for(server), backoff=Backoff(0.1, 0.2))
+    queue = make_queue(settings_for(server), backoff=Backoff(1.0, 1.0))
     queue.enqueue(report("alice@example.com"), on_unknown=on_unknown)
     queue.deliverer.deliver()
     status, reply = queue.states()["report:alice@example.com"]
-    time.sleep(0.3)
+    time.sleep(1.1)
     queue.deliverer.deliver()
     to_alice = [m for m in server.messages if m.rcpt_tos == ["alice@example.com"]]
     if on_unknown == "skip":

@@ -99,3 +99,22 @@ def test_alert_scores_zero_in_spamassassin(alert_run, tmp_path, sender):
     assert [(points, rule) for points, rule in scored if float(points) > 0] == [], report[-2000:]
     parsed = email.message_from_bytes(message.data, policy=email.policy.default)
     assert parsed["To"] == "oncall@example.com"
+
+
+def test_the_personalised_demo_mails_each_manager_their_own_region(tmp_path: Path) -> None:
+    run = run_worker(tmp_path, NOTEBOOKS / "personalised_report.ipynb", {"run_date": "2026-03-10"})
+    assert run.result["status"] == "ok", run.result
+    emails = collect(run.output, run.run_dir / "parts").emails
+    managers = (NOTEBOOKS / "data" / "managers.csv").read_text().splitlines()[1:]
+    assert len(emails) == len(managers) == 4
+    charts = set()
+    for mail, line in zip(emails, managers, strict=True):
+        region, manager, address = line.split(",")
+        assert mail.to == [f"{manager} <{address}>"] and mail.key == f"region-{region.lower()}"
+        assert mail.subject.startswith(f"{region} sales 2026-03-10")
+        assert f"<b>{region}</b>" in (mail.html or "") or f"<strong>{region}</strong>" in (
+            mail.html or ""
+        )
+        charts |= {image.part.data for image in mail.images}
+        compose(mail, default_sender="reports@example.com")  # each one can be sent
+    assert len(charts) == 1  # one chart, shared by every email

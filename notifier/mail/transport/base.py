@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from notifier.mail.model import Outgoing
@@ -55,6 +56,9 @@ class SendResult:
     # For an ``error`` without per-recipient answers: would trying later help? (a server
     # that is down or refuses the login: yes; a message too big or badly addressed: no)
     retryable: bool = False
+    # when trying again makes sense, if the server's limits say (a daily sending limit
+    # frees up then); None: the queue's usual backoff
+    retry_at: datetime | None = None
 
     @classmethod
     def all_accepted(

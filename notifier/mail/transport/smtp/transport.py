@@ -20,13 +20,15 @@ How a batch goes out
   confirmed, and the batch goes on over a new connection.
 * Too-large messages (``NOTIFIER_MAX_MESSAGE_SIZE`` or the server's ``SIZE``) fail before
   DATA; the rest of the batch still goes.
-* Rate limits: ``SMTP_RATE_PER_MINUTE`` is a sliding window kept in this process and
-  shared by every transport for the same account (user, host, port), so a new transport
-  per send does not reset it; the transport sleeps until a slot is free.
-  ``SMTP_RATE_PER_DAY`` is a rolling 24-hour window shared by every process through a
-  small SQLite file, ``<outbox parent>/.notifier-state/smtp-rate.sqlite3`` (see
-  ``notifier.mail.ratelimit``); when it is reached the message fails with a clear error
-  instead of waiting a day.
+* Rate limits count recipients (as providers do): ``SMTP_RATE_PER_MINUTE`` is a sliding
+  window kept in this process and shared by every transport for the same account (user,
+  host, port), so a new transport per send (or per parallel connection) does not reset
+  it; the transport sleeps until there is room. ``SMTP_RATE_PER_DAY`` is a rolling 24-hour
+  window shared by every process through a small SQLite file,
+  ``<outbox parent>/.notifier-state/smtp-rate.sqlite3`` (see ``notifier.mail.ratelimit``);
+  when it is reached the message goes to the recipients that still fit, the others fail
+  with a clear, retryable error naming when the window frees up (``retry_at``), and the
+  session stops sending instead of waiting a day.
 
 Failures a user can cause (DNS, refused, timeout, TLS, login, refusals) come back as
 :class:`~notifier.mail.transport.base.SendResult` errors whose text names the cause and the fix
@@ -43,6 +45,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from notifier.errors import DeliveryError
@@ -89,9 +92,10 @@ log = logging.getLogger("notifier.smtp")
 class _Abort(Exception):
     """The server cannot be used any more in this batch; ``text`` goes to every later message."""
 
-    def __init__(self, text: str, result: SendResult) -> None:
+    def __init__(self, text: str, result: SendResult, retry_at: datetime | None = None) -> None:
         self.text = text
         self.result = result
+        self.retry_at = retry_at
         super().__init__(text)
 
 
@@ -200,25 +204,38 @@ class SMTPTransport:
             self._log(logging.WARNING, "not sending %s: %s", out.message_id, problem)
             return self._failed(out, problem)
         token = None
+        held: tuple[str, ...] = ()
+        limit_text = ""
+        retry_at = None
         if self._daily is not None:
             try:
-                token, count = self._daily.reserve()
+                grant = self._daily.reserve(len(out.recipients))
             except (sqlite3.Error, OSError) as exc:
                 text = (
-                    f"Cannot keep the daily message count in {self._daily.path} ({exc}); "
+                    f"Cannot keep the daily message count (recipients) in {self._daily.path} ({exc}); "
                     "the message was not sent. Fix: make that folder writable, or unset "
                     "SMTP_RATE_PER_DAY."
                 )
                 raise _Abort(text, self._failed(out, text)) from None
-            if token is None:
-                text = (
-                    f"Daily sending limit reached: {count} messages in the last 24 hours "
-                    f"(SMTP_RATE_PER_DAY={self._daily.cap}); the message was not sent. Fix: "
-                    "send it again later (it can be retried), or raise SMTP_RATE_PER_DAY if "
-                    "your provider allows more (Gmail allows about 500 a day)."
+            if grant.granted < len(out.recipients):
+                assert grant.free_at is not None
+                retry_at = datetime.fromtimestamp(grant.free_at, timezone.utc)
+                limit_text = (
+                    f"Daily sending limit reached: {grant.count} recipients in the last 24 "
+                    f"hours (SMTP_RATE_PER_DAY={self._daily.cap}); not sent to this recipient "
+                    f"yet: it is deferred until the limit frees up "
+                    f"({retry_at.isoformat(timespec='minutes')}). Fix: nothing to do (the "
+                    "queue sends it then, or `notifier run JOB --resume`), or raise "
+                    "SMTP_RATE_PER_DAY if your provider allows more (Gmail: about 500 "
+                    "recipients a day)."
                 )
-                raise _Abort(text, self._failed(out, text))
-        self._wait_for_minute_slot()
+            if not grant.granted:
+                raise _Abort(limit_text, self._failed(out, limit_text), retry_at)
+            token = grant.token
+            held = out.recipients[grant.granted :]
+            if held:
+                out = out.with_envelope(out.sender, out.recipients[: grant.granted])
+        self._wait_for_minute_slot(len(out.recipients))
         try:
             result = self._deliver(out)
         except _Abort as abort:
@@ -229,15 +246,27 @@ class SMTPTransport:
             if token is not None:
                 self._release(token)
             raise
-        if token is not None and not result.accepted and not _maybe_delivered(result):
-            self._release(token)  # nobody got it; an unknown outcome keeps its slot
+        if token is not None:
+            # recipients that got nothing give their room back; an unknown outcome keeps it
+            unused = [r for r in result.recipients if not r.accepted and r.reply != MAYBE_DELIVERED]
+            if not result.recipients:
+                self._release(token)
+            elif unused:
+                self._release(token, len(unused))
+        if held:
+            result.recipients += [
+                RecipientResult(address, False, None, limit_text, transient=True)
+                for address in held
+            ]
+            result.retry_at = retry_at
+            raise _Abort(limit_text, result, retry_at)
         return result
 
-    def _release(self, token: float) -> None:
+    def _release(self, token: int, recipients: int | None = None) -> None:
         assert self._daily is not None
         try:
-            self._daily.release(token)
-        except (sqlite3.Error, OSError) as exc:  # the count stays one too high: harmless
+            self._daily.release(token, recipients)
+        except (sqlite3.Error, OSError) as exc:  # the count stays too high: harmless
             self._log(logging.WARNING, "could not update %s: %s", self._daily.path, exc)
 
     def _check(self, out: Outgoing) -> str | None:
@@ -470,10 +499,12 @@ class SMTPTransport:
         ceiling = min(self.backoff_cap, self.backoff * (2 ** (attempt - 1)))
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
 
-    def _wait_for_minute_slot(self) -> None:
-        """Take a slot in the account's shared per-minute window, sleeping until one is free.
+    def _wait_for_minute_slot(self, recipients: int = 1) -> None:
+        """Take room for ``recipients`` in the account's shared per-minute window, sleeping
+        until there is some (a message to more recipients than the cap waits for an empty
+        window).
 
-        The window's lock is held while sleeping, so waiting senders take slots in turn.
+        The window's lock is held while sleeping, so waiting senders take their turn.
         """
         cap = self.settings.rate_per_minute
         if not cap:
@@ -482,21 +513,21 @@ class SMTPTransport:
         with window.lock:
             recent = window.recent
             now = self._clock()
-            while recent and recent[0] <= now - self.rate_window:
+            while recent and recent[0][0] <= now - self.rate_window:
                 recent.popleft()
-            if len(recent) >= cap:
-                wait = recent[0] + self.rate_window - now
+            while recent and sum(n for _, n in recent) + recipients > cap:
+                wait = recent[0][0] + self.rate_window - now
                 self._log(
                     logging.INFO,
-                    "rate limit SMTP_RATE_PER_MINUTE=%d reached; waiting %.1f s",
+                    "rate limit SMTP_RATE_PER_MINUTE=%d (recipients) reached; waiting %.1f s",
                     cap,
                     wait,
                 )
                 self._sleep(max(wait, 0.0))
                 now = self._clock()
-                while recent and recent[0] <= now - self.rate_window:
+                while recent and recent[0][0] <= now - self.rate_window:
                     recent.popleft()
-            recent.append(now)
+            recent.append((now, recipients))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -532,6 +563,8 @@ class SMTPSession:
         self.delivered = 0
         refusal = plaintext_auth_error(transport.settings)
         self.broken: str | None = str(hint(refusal, transport.settings)) if refusal else None
+        # when the server's limits allow trying again (a daily limit), once broken by them
+        self.retry_at: datetime | None = None
 
     def send(self, out: Outgoing, before_data: Callable[[], bool] | None = None) -> SendResult:
         """Deliver one message (retrying transient failures); its result.
@@ -547,7 +580,9 @@ class SMTPSession:
             result = self.transport._send_one(out)
         except _Abort as abort:
             self.broken = abort.text
+            self.retry_at = abort.retry_at
             abort.result.retryable = True
+            abort.result.retry_at = abort.retry_at
             result = abort.result
         finally:
             self.transport._before_data = None
@@ -559,6 +594,7 @@ class SMTPSession:
         """The result of a message not tried because the session is broken (retryable)."""
         result = self.transport._failed(out, self.broken or "not sent")
         result.retryable = True
+        result.retry_at = self.retry_at
         return result
 
     def close(self) -> None:
