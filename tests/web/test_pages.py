@@ -217,7 +217,8 @@ def _finished(project: Project, run_id: str):
         run = ledger.get(run_id)
     finally:
         ledger.close()
-    return run if run is not None and not run.active else None
+    final = ("succeeded", "failed", "skipped", "suppressed", "interrupted")
+    return run if run is not None and run.status in final else None
 
 
 def test_run_now_with_a_parameter_and_dry_run(project: Project, serve: ServeFactory) -> None:
