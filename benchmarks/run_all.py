@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ("bench_bulk.py", "bench_smtp.py", "bench_run.py", "bench_scheduler.py")
+BENCHMARKS = (
+    "bench_bulk.py",
+    "bench_smtp.py",
+    "bench_run.py",
+    "bench_scheduler.py",
+    "bench_web.py",
+)
 
 
 def main() -> int:

@@ -198,8 +198,9 @@ class Settings:
         return replace(self, **changes)
 
 
-# Kept out of kernels: the SMTP credentials, and the ledger URL (a PostgreSQL URL holds one).
-SECRET_VARIABLES = ("SMTP_PASSWORD", "SMTP_PASS", "NOTIFIER_DB_URL")
+# Kept out of kernels: the SMTP credentials, the ledger URL (a PostgreSQL URL holds one) and
+# the dashboard token (a notebook could otherwise print it into its output).
+SECRET_VARIABLES = ("SMTP_PASSWORD", "SMTP_PASS", "NOTIFIER_DB_URL", "NOTIFIER_WEB_TOKEN")
 
 
 def read_environment(

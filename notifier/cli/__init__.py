@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "schedule",
     "history",
     "queue",
+    "web",
 )
 
 

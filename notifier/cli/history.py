@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from notifier.cli.context import resolve_jobs_file, settings_for_jobs
     from notifier.errors import UsageError
     from notifier.ledger import Ledger, NoLedgerYet
-    from notifier.ledger.queries import run_rows
+    from notifier.ledger.queries import history_rows
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1.", "e.g. --limit 20")
@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"no runs recorded yet: {none.message}", file=sys.stderr if args.json else sys.stdout)
         return 0
     try:
-        runs = ledger.history(args.job, failed=args.failed, limit=args.limit)
-        rows = run_rows(ledger, runs, zones.get)
+        # the same query as the dashboard's /api/runs: one place says what history is
+        rows = history_rows(
+            ledger, args.job, failed=args.failed, limit=args.limit, zone_of=zones.get
+        )
         total = ledger.count_runs(args.job) if not rows else len(rows)
     finally:
         ledger.close()

@@ -17,7 +17,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
     parser.add_argument("--workers", type=int, metavar="N", help="parallel runs (NOTIFIER_WORKERS)")
+    parser.add_argument(
+        "--web",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the dashboard too (default: on when it binds a loopback address)",
+    )
+    parser.add_argument("--web-host", metavar="HOST", help="dashboard address (127.0.0.1)")
+    parser.add_argument("--web-port", type=int, metavar="PORT", help="dashboard port (8765)")
     parser.set_defaults(handler=run)
+
+
+def start_web(args: argparse.Namespace, jobs_path, daemon):  # noqa: ANN001, ANN201
+    """The dashboard in a thread of the daemon (same ledger, same node), or None.
+
+    A port in use is one warning line: the daemon keeps scheduling without it.
+    """
+    import sys
+
+    from notifier.cli.web import announce, web_environment
+    from notifier.errors import UsageError
+    from notifier.web.config import web_config
+    from notifier.web.server import WebServer
+    from notifier.web.state import Dashboard
+
+    if args.web is False:
+        return None
+    try:
+        config = web_config(args.web_host, args.web_port, web_environment(jobs_path))
+    except UsageError as error:
+        print(f"warning: dashboard not started: {error}", file=sys.stderr, flush=True)
+        return None
+    if not config.loopback and args.web is None:
+        print(
+            f"note: dashboard not started: {config.host} is not a loopback address; pass --web "
+            "to serve it there (with a token)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    dashboard = Dashboard(
+        jobs_path,
+        daemon.settings,
+        ledger=daemon.ledger,
+        runner=daemon.runner,
+        jobs=daemon.jobs_file,
+    )
+    try:
+        server = WebServer(dashboard, config)
+    except UsageError as error:
+        print(
+            f"warning: dashboard not started: {error.message} The scheduler runs without it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    server.start()
+    announce(server.url, generated=config.token_generated)
+    return server
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,5 +93,10 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.with_overrides(workers=args.workers)
     daemon = Daemon(jobs_path, settings)  # a bad jobs.yaml stops here (exit 2)
     announce_outbox(settings)
-    daemon.run_forever()
+    server = start_web(args, jobs_path, daemon)
+    try:
+        daemon.run_forever()
+    finally:
+        if server is not None:
+            server.stop()
     return 0

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from notifier.ledger.queue import QueueRow
-from notifier.ledger.schema import deliveries_table
-from notifier.ledger.statuses import WAITING, RecipientStatus
-from notifier.ledger.store import Ledger, Run
+from notifier.ledger.schema import deliveries_table, runs_table
+from notifier.ledger.statuses import WAITING, RecipientStatus, RunStatus
+from notifier.ledger.store import Ledger, Run, run_from_row
 
 ZoneOf = Callable[[str], tzinfo | None]
 
@@ -120,6 +120,78 @@ def run_rows(
             }
         )
     return rows
+
+
+def history_rows(
+    ledger: Ledger,
+    job: str | None = None,
+    *,
+    failed: bool = False,
+    status: str | None = None,
+    limit: int | None = 20,
+    offset: int = 0,
+    zone_of: ZoneOf = lambda _job: None,
+) -> list[dict[str, Any]]:
+    """Runs newest first with their mail: what ``history --json`` prints and the API serves."""
+    runs = ledger.history(job, failed=failed, limit=limit, status=status, offset=offset)
+    return run_rows(ledger, runs, zone_of)
+
+
+def count_history(
+    ledger: Ledger, job: str | None = None, *, failed: bool = False, status: str | None = None
+) -> int:
+    """How many runs :func:`history_rows` has to page through with the same filters."""
+    query = select(func.count()).select_from(runs_table)
+    if job is not None:
+        query = query.where(runs_table.c.job == job)
+    if failed:
+        query = query.where(
+            runs_table.c.status.in_((RunStatus.FAILED.value, RunStatus.INTERRUPTED.value))
+        )
+    if status is not None:
+        query = query.where(runs_table.c.status == status)
+    with ledger.db.tx(write=False) as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def last_runs(ledger: Ledger, jobs: Sequence[str]) -> dict[str, Run]:
+    """The newest run (any lane, any status) of each job, in one query."""
+    if not jobs:
+        return {}
+    r = runs_table
+    newest = (
+        select(r.c.job, func.max(r.c.slot).label("slot"))
+        .where(r.c.job.in_(list(jobs)))
+        .group_by(r.c.job)
+        .subquery()
+    )
+    query = (
+        select(r)
+        .join(newest, (r.c.job == newest.c.job) & (r.c.slot == newest.c.slot))
+        .order_by(r.c.id)
+    )
+    with ledger.db.tx(write=False) as conn:
+        return {row.job: run_from_row(row) for row in conn.execute(query)}
+
+
+def delivery_log(ledger: Ledger, run_id: str, zone: tzinfo | None = None) -> list[dict[str, Any]]:
+    """Every answer the run's recipients got, oldest first (retries and deferrals included)."""
+    d = deliveries_table
+    query = select(d).where(d.c.run_id == run_id).order_by(d.c.id)
+    with ledger.db.tx(write=False) as conn:
+        return [
+            {
+                "at": _iso(row.at, zone),
+                "attempt": row.attempt,
+                "email_key": row.email_key,
+                "recipient": row.recipient,
+                "status": row.status,
+                "code": row.code,
+                "reply": row.reply,
+                "row": row.recipient_pk,
+            }
+            for row in conn.execute(query)
+        ]
 
 
 def waiting_mail(ledger: Ledger, *, include_unknown: bool = True) -> list[QueueRow]:

@@ -9,8 +9,8 @@ credentials and killed with its whole process tree at the wall-clock timeout.
 
 Layout of a run folder: ``runs/<job>/<YYYYmmddTHHMMSS>-<run id>/`` with
 ``output.ipynb``, ``output.html``, ``parts/`` (charts and attachments the emails
-reference), ``worker.log``, ``spec.json`` (what was run) and ``result.json`` (the
-worker's outcome and timings).
+reference), ``worker.log``, ``spec.json`` (what was run), ``result.json`` (the
+worker's outcome and timings) and ``progress.json`` (the cell running now).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from notifier.notebook.bundle import (
 from notifier.notebook.cell_errors import error_summary
 from notifier.notebook.params import check_parameters
 from notifier.notebook.processes import kill_tree
+from notifier.notebook.progress import ProgressCallback, ProgressReader
 from notifier.settings import DEFAULT_RUN_TIMEOUT, Settings, kernel_environment
 
 PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
@@ -49,6 +50,7 @@ PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
 log = logging.getLogger("notifier.notebook")
 
 DEFAULT_TIMEOUT = DEFAULT_RUN_TIMEOUT
+PROGRESS_POLL = 0.5  # seconds between looks at the worker's progress.json
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -162,11 +164,14 @@ def _refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) ->
         )
 
 
-def execute(request: RunRequest, settings: Settings) -> Execution:
+def execute(
+    request: RunRequest, settings: Settings, *, progress: ProgressCallback | None = None
+) -> Execution:
     """Run the notebook in a worker process and read back what it declared.
 
     Raises RunError before starting for a missing notebook or an undeclared parameter.
     Everything that goes wrong after the start is an Execution with status 'failed'.
+    ``progress`` is called with the worker's progress record (cell i of n) as it changes.
     """
     notebook = Path(request.notebook).resolve()
     check_parameters(notebook, request.parameters)
@@ -218,7 +223,7 @@ def execute(request: RunRequest, settings: Settings) -> Execution:
     )
     log.debug("run %s of %s started (%s)", run_id, request.name, notebook.name)
     started = time.perf_counter()
-    timed_out = _run_worker(run_dir, env, request.timeout)
+    timed_out = _run_worker(run_dir, env, request.timeout, progress)
     shutil.rmtree(scratch, ignore_errors=True)
     execution = Execution(request, run_id, run_dir, "failed")
     execution.duration = time.perf_counter() - started
@@ -247,7 +252,34 @@ def terminate_active_workers() -> int:
     return len(pids)
 
 
-def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
+def _wait(
+    proc: subprocess.Popen[bytes], run_dir: Path, timeout: float, progress: ProgressCallback | None
+) -> None:
+    """``proc.wait(timeout)``, passing the worker's progress on while it runs."""
+    if progress is None:
+        proc.wait(timeout=timeout)
+        return
+    reader = ProgressReader(run_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=max(0.0, min(PROGRESS_POLL, left)))
+            return
+        except subprocess.TimeoutExpired:
+            if left <= PROGRESS_POLL:
+                raise
+        record = reader.poll()
+        if record is not None:
+            try:
+                progress(record)
+            except Exception as error:  # the ledger may be busy: progress is not worth a run
+                log.debug("progress not recorded: %s", error)
+
+
+def _run_worker(
+    run_dir: Path, env: dict[str, str], timeout: float, progress: ProgressCallback | None = None
+) -> bool:
     """Start the worker and wait; on timeout kill its tree. True when it timed out."""
     with open(run_dir / "worker.log", "wb") as worker_log:
         proc = subprocess.Popen(
@@ -261,7 +293,7 @@ def _run_worker(run_dir: Path, env: dict[str, str], timeout: float) -> bool:
         with _active_lock:
             _active_workers[proc.pid] = proc
         try:
-            proc.wait(timeout=timeout)
+            _wait(proc, run_dir, timeout, progress)
             return False
         except subprocess.TimeoutExpired:
             killed = kill_tree(proc.pid)

@@ -58,6 +58,29 @@ def declared_parameters(notebook: dict[str, Any]) -> list[str] | None:
     return None
 
 
+def parameter_defaults(notebook: dict[str, Any]) -> dict[str, str]:
+    """Each declared parameter's default as written in the parameters cell (source text)."""
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") != "code":
+            continue
+        if "parameters" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            return {}
+        found: dict[str, str] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                text = ast.get_source_segment(source, node.value) or ""
+                found.update({t.id: text for t in targets if isinstance(t, ast.Name)})
+        return found
+    return {}
+
+
 def check_parameters(notebook_path: Path, given: dict[str, Any]) -> None:
     """Refuse parameters the notebook does not declare (papermill would only warn)."""
     notebook = load_notebook_json(notebook_path)

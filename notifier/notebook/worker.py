@@ -118,6 +118,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"status": "ok", "timings": timings}
     warnings: list[str] = [not_hidden] if not_hidden else []
     executing = time.perf_counter()
+    from notifier.notebook.progress import CellProgress
+
+    progress = CellProgress(output.parent, Path(spec["notebook"]))  # progress.json, live
     try:
         kernel_name, language, warning = choose_kernel(spec)
         if warning:
@@ -135,6 +138,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             start_timeout=spec.get("start_timeout", 60),
             execution_timeout=spec.get("cell_timeout"),
             log_output=False,
+            on_cell_start=progress.cell_started,
         )
     except Exception as error:  # every failure is reported through result.json
         details = _error_details(error, output, spec.get("cell_timeout"))

@@ -111,7 +111,7 @@ class RunPath:
         transports: TransportFactory | None = None,
         stopping: threading.Event | None = None,
         abort: threading.Event | None = None,
-        executor: Callable[[RunRequest, Settings], Execution] = execute,
+        executor: Callable[..., Execution] = execute,  # (request, settings, *, progress)
         on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self.settings = settings
@@ -159,6 +159,14 @@ class RunPath:
 
     def run_now(self, job: Job, *, dry_run: bool = False) -> RunResult:
         """A run on request, in the manual lane (``notifier run``, the dashboard)."""
+        return self.execute_claimed(job, self.claim_now(job), dry_run=dry_run)
+
+    def claim_now(self, job: Job) -> Run:
+        """Claim a manual-lane run of ``job`` without executing it (then :meth:`execute_claimed`).
+
+        The dashboard's "Run now" claims first, so it can show the new run at once while
+        the notebook executes in the background.
+        """
         run = self.ledger.claim(
             job.name,
             datetime.now(timezone.utc),
@@ -170,7 +178,7 @@ class RunPath:
         )
         if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
             raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
-        return self.execute_claimed(job, run, dry_run=dry_run)
+        return run
 
     # ------------------------------------------------------------- one run
 
@@ -211,7 +219,7 @@ class RunPath:
         if not self.ledger.mark_running(run.run_id, run.attempt):
             raise Fenced(f"run {run.run_id} was taken over before it started")
         try:
-            execution = self._execute_with_retries(job, request_for(job, run))
+            execution = self._execute_with_retries(job, request_for(job, run), run)
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
             if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
@@ -250,10 +258,14 @@ class RunPath:
             self._fail(job, run, execution, kind, execution.error or "the run failed")
         result.outcomes += self.deliverer.deliver(run_id=run.run_id, on_outcome=self.on_outcome)
 
-    def _execute_with_retries(self, job: Job, request: RunRequest) -> Execution:
+    def _progress(self, run: Run) -> Callable[[dict[str, Any]], None]:
+        """Where the worker's progress goes: the run's row, shown live by the dashboard."""
+        return lambda progress: self.ledger.set_progress(run.run_id, progress)
+
+    def _execute_with_retries(self, job: Job, request: RunRequest, run: Run) -> Execution:
         attempts = job.retries.count + 1
         for attempt in range(1, attempts + 1):
-            execution = self._execute(request, self.settings)
+            execution = self._execute(request, self.settings, progress=self._progress(run))
             if execution.status != "failed" or attempt == attempts or self.stopping.is_set():
                 return execution
             log.warning(
