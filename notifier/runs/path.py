@@ -31,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from notifier.settings import Settings
 from notifier.delivery.notices import (
     not_started_email,
     one_line,
@@ -48,6 +47,7 @@ from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
 from notifier.runs import alerts
 from notifier.runs.retention import apply_retention
+from notifier.settings import Settings
 
 log = logging.getLogger("notifier.runs")
 
@@ -255,7 +255,9 @@ class RunPath:
         extra = self._output_attachment(job, execution, result)
         try:
             messages = [
-                self._plan(job, replace(mail, attachments=[*mail.attachments, *extra]), kind, result)
+                self._plan(
+                    job, replace(mail, attachments=[*mail.attachments, *extra]), kind, result
+                )
                 for mail in execution.emails
             ]
         except MessageError as error:

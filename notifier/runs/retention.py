@@ -6,10 +6,10 @@ import logging
 import shutil
 from datetime import datetime, timedelta, timezone
 
-from notifier.settings import Settings
 from notifier.jobs import Job
 from notifier.ledger import Ledger, LedgerError
 from notifier.notebook.execute import job_runs_folder
+from notifier.settings import Settings
 
 log = logging.getLogger("notifier.runs")
 
