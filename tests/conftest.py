@@ -1,13 +1,20 @@
 """Shared fixtures and helpers: real SMTP servers on 127.0.0.1 that are always shut down,
 and :func:`wait_until`, the one way tests wait for something (a deadline, never a sleep).
 
-Test helpers live in ``tests/support`` (the SMTP server, notebooks, daemon processes);
-they import as top-level modules whatever pytest's import mode. Tests marked ``slow``
-(real daemons, outages, kills) are left out by ``make test-fast``; ``make test`` runs all.
+Test helpers live in ``tests/support`` (the SMTP server, notebooks, daemon processes,
+PostgreSQL); they import as top-level modules whatever pytest's import mode. Tests marked
+``slow`` (real daemons, outages, kills) are left out by ``make test-fast``; ``make test``
+runs all.
+
+Ledger tests run on SQLite and on PostgreSQL through :func:`db_url` (parameters
+``sqlite`` and ``postgresql``). PostgreSQL is ``NOTIFIER_TEST_DATABASE_URL`` when set,
+else a throwaway cluster made with the machine's ``initdb``/``pg_ctl``; without either the
+PostgreSQL cases are skipped with one line, except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +26,10 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "support")]
 
+from postgres import Server, Unavailable, postgres_server  # noqa: E402
 from smtp_server import SMTPTestServer  # noqa: E402
+
+BACKENDS = ("sqlite", "postgresql")
 
 
 def wait_until(
@@ -55,3 +65,40 @@ def smtp_server_factory() -> Iterator[Callable[..., SMTPTestServer]]:
 def smtp_server(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
     """A plain SMTP server with no login and no misbehaviour."""
     return smtp_server_factory("plain")
+
+
+# --- ledger databases --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Server]:
+    """A PostgreSQL server for the whole session (see the module docstring)."""
+    try:
+        context = postgres_server()
+        server = context.__enter__()
+    except Unavailable as why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI (CI=true): {why}", pytrace=False)
+        pytest.skip(f"PostgreSQL cases skipped: {why}")
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres: Server) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger URL: an SQLite file in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_url")
