@@ -28,9 +28,11 @@ test: setup test-tools lint
 test-fast: setup lint
 	$(PY) -m pytest -q -m "not slow"
 
-## The PDF tests print with Chromium and read the PDF back with poppler-utils. As root with
-## apt-get (Debian/Ubuntu) the missing ones are installed; otherwise those tests are skipped
-## with a note (under CI=true they fail instead). Quiet when everything is there.
+## The PDF tests print with Chromium and read the PDF back with poppler-utils; the ledger and
+## daemon tests also run on PostgreSQL (a throwaway cluster made with Debian's postgresql, or
+## NOTIFIER_TEST_DATABASE_URL). As root with apt-get (Debian/Ubuntu) the missing ones are
+## installed; otherwise those tests are skipped with a note (under CI=true they fail
+## instead). Quiet when everything is there.
 BROWSERS := chromium chromium-browser google-chrome google-chrome-stable chrome
 test-tools:
 	@missing=""; \
@@ -39,17 +41,19 @@ test-tools:
 	found=""; for b in $$NOTIFIER_BROWSER $(BROWSERS); do \
 		command -v $$b >/dev/null 2>&1 && found=$$b && break; done; \
 	[ -n "$$found" ] || missing="$$missing chromium fonts-liberation"; \
+	[ -n "$$NOTIFIER_TEST_DATABASE_URL" ] || command -v initdb >/dev/null 2>&1 \
+		|| ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing$$missing with apt-get (for the PDF tests)"; \
+			echo "installing$$missing with apt-get (for the PDF and PostgreSQL tests)"; \
 			export DEBIAN_FRONTEND=noninteractive; \
 			apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
 			|| { apt-get update -qq >/dev/null 2>&1 \
 				&& apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1; } \
-			|| echo "note: could not install$$missing: the PDF tests will be skipped"; \
+			|| echo "note: could not install$$missing: the tests that need it will be skipped"; \
 		else \
 			echo "note:$$missing not installed (needs root and apt-get to install here):" \
-				"the PDF tests will be skipped"; \
+				"the tests that need them will be skipped"; \
 		fi; \
 	fi
 
