@@ -443,8 +443,15 @@ class Ledger:
 
     # --------------------------------------------------------------- run files
 
-    def save_run_file(self, run_id: str, name: str, data: bytes) -> None:
-        """Keep a file of the run (output.html, worker.log, ...) in the ledger, compressed."""
+    def save_run_file(
+        self, run_id: str, name: str, data: bytes, *, attempt: int | None = None
+    ) -> bool:
+        """Keep a file of the run (output.html, worker.log, ...) in the ledger, compressed.
+
+        With ``attempt`` the write is fenced like every write of a run: it happens only
+        while this node holds the run at that attempt (False otherwise), so a node whose
+        run was taken over never replaces the files of the attempt that took it.
+        """
         packed = zlib.compress(data, 6)
         compressed = len(packed) < len(data)
         values = {
@@ -455,9 +462,17 @@ class Ledger:
         }
         where = (run_files_table.c.run_id == run_id, run_files_table.c.name == name)
         with self.db.tx(write=True) as conn:
+            if attempt is not None:
+                mine = self._mine(run_id, attempt, (*ACTIVE_RUN, RunStatus.INTERRUPTED))
+                if (
+                    conn.execute(select(runs_table.c.id).where(*mine).with_for_update()).first()
+                    is None
+                ):
+                    return False
             done = conn.execute(update(run_files_table).where(*where).values(**values))
             if done.rowcount == 0:
                 conn.execute(insert(run_files_table).values(run_id=run_id, name=name, **values))
+        return True
 
     def run_file(self, run_id: str, name: str) -> bytes | None:
         """A file kept with :meth:`save_run_file`, or None."""

@@ -46,6 +46,7 @@ from notifier.ledger.queue import NewMessage
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
 from notifier.runs import alerts
+from notifier.runs import files as run_files
 from notifier.runs.retention import apply_retention
 from notifier.settings import Settings
 
@@ -204,6 +205,7 @@ class RunPath:
             # Another node judged this one dead (a long stall) and took the slot over: it
             # delivers; sending here too could mail everyone twice.
             raise Fenced(f"run {run.run_id} was taken over by another node")
+        run_files.keep(self.ledger, self.settings, run, execution)  # readable on every node
         if self.stopping.is_set() and execution.status == "failed":
             self.ledger.finish(
                 run.run_id,

@@ -754,3 +754,20 @@ def test_read_only_commands_on_an_empty_postgresql_database(postgres_url: str) -
     assert run_sql(postgres_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [
         (0,)
     ]
+
+
+def test_run_files_are_fenced_by_the_attempt(make_ledger: MakeLedger, db_url: str) -> None:
+    stalled, rescuer = make_ledger(owner="stalled"), make_ledger(owner="rescuer")
+    run = stalled.claim("daily", T0)
+    assert run is not None and stalled.mark_running(run.run_id, run.attempt)
+    assert stalled.save_run_file(run.run_id, "worker.log", b"attempt 1", attempt=1)
+    expire_lease(db_url, "stalled")  # paused past its lease: taken over
+    (interrupted,) = rescuer.recover_interrupted()
+    taken = rescuer.reclaim(run.run_id, trigger="retry", attempt=interrupted.attempt)
+    assert taken is not None and taken.attempt == 2
+    assert rescuer.save_run_file(run.run_id, "worker.log", b"attempt 2", attempt=2)
+    # the stalled node wakes up: its late writes are refused
+    assert not stalled.save_run_file(run.run_id, "worker.log", b"late", attempt=1)
+    assert not stalled.save_run_file(run.run_id, "output.html", b"late", attempt=1)
+    assert stalled.run_file(run.run_id, "worker.log") == b"attempt 2"
+    assert stalled.run_file_names(run.run_id) == ["worker.log"]
