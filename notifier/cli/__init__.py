@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "schedule",
     "history",
     "queue",
+    "show",
+    "nodes",
+    "pause",
 )
 
 

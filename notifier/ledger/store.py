@@ -500,17 +500,22 @@ class Ledger:
 
     def pause(self, job: str, *, reason: str = "", by: str | None = None) -> bool:
         """Pause a job on every node (False when it was paused already)."""
-        with self.db.tx(write=True) as conn:
-            if conn.execute(select(pauses_table.c.job).where(pauses_table.c.job == job)).first():
-                return False
-            conn.execute(
-                insert(pauses_table).values(
-                    job=job,
-                    paused_at=self.db.now(),
-                    paused_by=by or self._owner,
-                    reason=clip(reason, MAX_TEXT, "reason") or "",
+        try:
+            with self.db.tx(write=True) as conn:
+                if conn.execute(
+                    select(pauses_table.c.job).where(pauses_table.c.job == job)
+                ).first():
+                    return False
+                conn.execute(
+                    insert(pauses_table).values(
+                        job=job,
+                        paused_at=self.db.now(),
+                        paused_by=by or self._owner,
+                        reason=clip(reason, MAX_TEXT, "reason") or "",
+                    )
                 )
-            )
+        except IntegrityError:  # PostgreSQL: paused by someone else at the same moment
+            return False
         return True
 
     def resume(self, job: str) -> bool:

@@ -120,8 +120,27 @@ class RunPath:
 
     # ------------------------------------------------------------------ claims
 
+    def paused(self, job: Job, slot: datetime) -> bool:
+        """True (and one log line) when ``notifier pause`` holds the job: its slot is not run."""
+        held = self.ledger.paused().get(job.name)
+        if held is None:
+            return False
+        reason = f" ({held['reason']})" if held["reason"] else ""
+        log.info(
+            "%s: slot %s not run: paused by %s since %s%s",
+            job.name,
+            slot,
+            held["paused_by"],
+            held["paused_at"],
+            reason,
+        )
+        return True
+
     def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> RunResult | None:
-        """Claim and run ``(job, slot)``; None when another run already has the slot."""
+        """Claim and run ``(job, slot)``; None when another run already has the slot, or
+        the job is paused (``notifier pause``: every node obeys)."""
+        if self.paused(job, slot):
+            return None
         run = self.ledger.claim(
             job.name,
             slot,
@@ -137,7 +156,10 @@ class RunPath:
         return self.execute_claimed(job, run)
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> RunResult | None:
-        """Take over an interrupted run of the same slot (None when another process did)."""
+        """Take over an interrupted run of the same slot (None when another process did, or
+        the job is paused)."""
+        if self.paused(job, run.slot):
+            return None
         taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
         if taken is None:
             return None
