@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -593,8 +593,18 @@ class Ledger:
         dead = self.nodes.dead_owners({row.owner for row in rows})
         return [run_from_row(row) for row in rows if row.owner in dead]
 
-    def mark_interrupted_mine(self) -> list[Run]:
-        """On graceful shutdown: mark this node's claimed/running runs ``interrupted``."""
+    def mark_interrupted_mine(
+        self,
+        *,
+        keep: Collection[str] = (),
+        reason: str = "interrupted by shutdown of the scheduler",
+    ) -> list[Run]:
+        """Mark this node's claimed/running runs ``interrupted`` (but those in ``keep``).
+
+        On graceful shutdown; and after the ledger was unreachable, for the runs this node
+        claimed but is no longer executing (a claim whose answer was lost, a run that
+        stopped because the ledger failed under it).
+        """
         with self.db.tx(write=False) as conn:
             rows = list(
                 conn.execute(
@@ -604,7 +614,7 @@ class Ledger:
                     )
                 )
             )
-        done = (self._interrupt(row, "interrupted by shutdown of the scheduler") for row in rows)
+        done = (self._interrupt(row, reason) for row in rows if row.run_id not in keep)
         return [run for run in done if run is not None]
 
     def _interrupt(self, row: Row[Any], reason: str) -> Run | None:

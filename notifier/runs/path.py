@@ -41,7 +41,7 @@ from notifier.delivery.planning import plan_email
 from notifier.delivery.worker import Deliverer, Outcome, TransportFactory, default_transports
 from notifier.errors import MessageError, NotifierError
 from notifier.jobs import Job
-from notifier.ledger import Fenced, Ledger, Run
+from notifier.ledger import Fenced, Ledger, LedgerError, Run
 from notifier.ledger.queue import NewMessage
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
@@ -117,6 +117,10 @@ class RunPath:
             ledger, settings, transports or default_transports(settings), stopping=self.abort
         )
         self._execute = executor
+        # the runs this process is executing; a claim and its entry here happen under one
+        # lock, so release_orphans() never mistakes a fresh claim for an orphan
+        self.active: set[str] = set()
+        self._claims = threading.Lock()
 
     # ------------------------------------------------------------------ claims
 
@@ -141,15 +145,18 @@ class RunPath:
         the job is paused (``notifier pause``: every node obeys)."""
         if self.paused(job, slot):
             return None
-        run = self.ledger.claim(
-            job.name,
-            slot,
-            trigger=trigger,
-            recipients=job.to,
-            notebook=str(job.notebook),
-            parameters=job.parameters,
-            failure_recipients=job.failure_recipients,
-        )
+        with self._claims:
+            run = self.ledger.claim(
+                job.name,
+                slot,
+                trigger=trigger,
+                recipients=job.to,
+                notebook=str(job.notebook),
+                parameters=job.parameters,
+                failure_recipients=job.failure_recipients,
+            )
+            if run is not None:
+                self.active.add(run.run_id)
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
             return None
@@ -160,7 +167,10 @@ class RunPath:
         the job is paused)."""
         if self.paused(job, run.slot):
             return None
-        taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
+        with self._claims:
+            taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
+            if taken is not None:
+                self.active.add(taken.run_id)
         if taken is None:
             return None
         log.info(
@@ -170,15 +180,18 @@ class RunPath:
 
     def run_now(self, job: Job, *, dry_run: bool = False) -> RunResult:
         """A run on request, in the manual lane (``notifier run``, the dashboard)."""
-        run = self.ledger.claim(
-            job.name,
-            datetime.now(timezone.utc),
-            trigger="manual",
-            recipients=job.to,
-            notebook=str(job.notebook),
-            parameters=job.parameters,
-            failure_recipients=job.failure_recipients,
-        )
+        with self._claims:
+            run = self.ledger.claim(
+                job.name,
+                datetime.now(timezone.utc),
+                trigger="manual",
+                recipients=job.to,
+                notebook=str(job.notebook),
+                parameters=job.parameters,
+                failure_recipients=job.failure_recipients,
+            )
+            if run is not None:
+                self.active.add(run.run_id)
         if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
             raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
         return self.execute_claimed(job, run, dry_run=dry_run)
@@ -189,10 +202,20 @@ class RunPath:
         """Run a slot this node holds, to the end of its first delivery pass."""
         result = RunResult(run, None)
         kind = "outbox" if dry_run or self.settings.uses_outbox else "default"
+        self.active.add(run.run_id)
         try:
             self._execute_claimed(job, run, kind, result)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
+        except LedgerError as error:  # one line, not a traceback: the database is down
+            log.warning(
+                "%s: run %s stopped: the ledger became unavailable (%s); once it is back the "
+                "run is marked interrupted and re-run as its misfire policy allows",
+                job.name,
+                run.run_id,
+                one_line(str(error), 300),
+            )
+            return result
         except Exception as error:  # the ledger must never keep a 'running' row for a dead run
             log.exception("%s: run %s crashed", job.name, run.run_id)
             text = f"internal error: {one_line(str(error), 400)}"
@@ -203,12 +226,52 @@ class RunPath:
                 run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
             )
             raise
-        stored = self.ledger.get(run.run_id)
+        finally:
+            self.active.discard(run.run_id)
+        try:
+            stored = self.ledger.get(run.run_id)
+        except LedgerError:
+            stored = None  # the run's own writes went through; only this read failed
         if stored is not None:
             result.run = stored
         if job.schedule is not None:
             apply_retention(self.ledger, self.settings, job)
         return result
+
+    def release_orphans(self, reason: str) -> list[Run]:
+        """Mark interrupted the runs this node holds in the ledger but no longer executes.
+
+        After the ledger was unreachable: a claim whose answer was lost, or a run stopped
+        because the ledger failed under it, would otherwise stay 'claimed'/'running' on a
+        live node, which nobody takes over.
+        """
+        with self._claims:
+            return self.ledger.mark_interrupted_mine(keep=set(self.active), reason=reason)
+
+    def _still_holds(self, job: Job, run: Run) -> bool:
+        """``ledger.holds`` after the notebook ran, waiting (with backoff) while the ledger
+        is unreachable: the result is kept in memory rather than lost or sent unfenced."""
+        delay, waited = 0.5, False
+        while True:
+            try:
+                held = self.ledger.holds(run.run_id, run.attempt)
+            except LedgerError as error:
+                if self.stopping.is_set():
+                    raise
+                if not waited:
+                    waited = True
+                    log.warning(
+                        "%s: the notebook finished but the ledger is unavailable (%s); keeping "
+                        "its result and trying again with backoff",
+                        job.name,
+                        one_line(str(error), 300),
+                    )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if waited:
+                log.warning("%s: the ledger is reachable again; the run goes on", job.name)
+            return held
 
     def _execute_claimed(self, job: Job, run: Run, kind: str, result: RunResult) -> None:
         if not self.ledger.mark_running(run.run_id, run.attempt):
@@ -223,7 +286,7 @@ class RunPath:
         result.execution = execution
         result.warnings += execution.warnings
         output = str(execution.output_notebook) if execution.output_notebook.is_file() else None
-        if not self.ledger.holds(run.run_id, run.attempt):
+        if not self._still_holds(job, run):
             # Another node judged this one dead (a long stall) and took the slot over: it
             # delivers; sending here too could mail everyone twice.
             raise Fenced(f"run {run.run_id} was taken over by another node")

@@ -500,6 +500,26 @@ def test_recover_runs_of_nodes_whose_lease_ran_out(make_ledger: MakeLedger, db_u
     assert stale_node.finish(stale.run_id, "succeeded", attempt=stale.attempt) is False
 
 
+def test_a_node_back_from_an_outage_judges_no_lease_until_others_could_renew(
+    make_ledger: MakeLedger, db_url: str
+) -> None:
+    """After a database outage every lease has run out at once: the first node back must
+    not take over the runs of nodes that are alive but have not renewed yet."""
+    from conftest import wait_until
+
+    other = make_ledger(owner="other")
+    me = make_ledger(owner="me", lease_seconds=2)
+    assert other.claim("daily", T0) is not None
+    me.nodes.ensure_registered()
+    expire_lease(db_url, "other")
+    expire_lease(db_url, "me")
+    assert me.nodes.heartbeat() is False  # back first, its own lease had run out
+    assert not me.nodes.judges_leases()
+    assert me.recover_interrupted() == []  # 'other' may be alive and about to renew
+    wait_until(me.nodes.judges_leases, 10, "half a lease after its own renewal")
+    assert [r.job for r in me.recover_interrupted()] == ["daily"]  # it did not renew
+
+
 def test_handed_over_lists_interrupted_runs_of_stopped_nodes(make_ledger: MakeLedger) -> None:
     leaving = make_ledger(owner="leaving")
     staying = make_ledger(owner="staying")
