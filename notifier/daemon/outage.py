@@ -6,7 +6,7 @@ quiet and patient about it:
 
 * the first failure logs one line (the cause, and that slots are not run meanwhile),
   never a traceback per slot or per second;
-* from then on the ledger is tried with backoff (1 s doubling to 30 s): a slot that
+* from then on the ledger is tried with backoff (1 s doubling to 10 s): a slot that
   fires in between is counted, not tried, and the recovery loop probes the ledger;
 * when a call succeeds again, one line says how long it was gone and which slots were
   not run; the daemon then applies each job's misfire policy to them (as after
@@ -24,7 +24,7 @@ from datetime import datetime
 log = logging.getLogger("notifier.daemon")
 
 FIRST_DELAY = 1.0
-MAX_DELAY = 30.0
+MAX_DELAY = 10.0
 
 
 class LedgerOutage:

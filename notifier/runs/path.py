@@ -64,6 +64,7 @@ class RunResult:
     execution: Execution | None
     outcomes: list[Outcome] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fenced: bool = False  # another node took the run over: this one delivered nothing
 
     @property
     def status(self) -> str:
@@ -207,6 +208,7 @@ class RunPath:
             self._execute_claimed(job, run, kind, result)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
+            result.fenced = True
         except LedgerError as error:  # one line, not a traceback: the database is down
             log.warning(
                 "%s: run %s stopped: the ledger became unavailable (%s); once it is back the "
