@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ("bench_smtp.py", "bench_run.py", "bench_scheduler.py")
+BENCHMARKS = ("bench_smtp.py", "bench_run.py", "bench_scheduler.py", "bench_nodes.py")
 
 
 def main() -> int:
