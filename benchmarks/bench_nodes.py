@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def burst(folder: Path, url: str, nodes: int, jobs: int) -> dict:
     due = (datetime.now(timezone.utc) + timedelta(seconds=10 + 5 * nodes)).replace(microsecond=0)
     jobs_path = write_project(folder, due, jobs)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs = [start_node(folder, jobs_path, url, n) for n in range(nodes)]
     ledger = Ledger(url)
     try:
@@ -125,6 +127,8 @@ def burst(folder: Path, url: str, nodes: int, jobs: int) -> dict:
         for proc in procs:
             stop(proc)
         ledger.db.dispose()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the nodes, workers and kernels
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     late = sorted((r.started_at - r.slot).total_seconds() for r in runs if r.started_at)
     spread = Counter(r.owner for r in runs)
     return {
@@ -134,6 +138,7 @@ def burst(folder: Path, url: str, nodes: int, jobs: int) -> dict:
         "median": statistics.median(late) if late else float("nan"),
         "worst": late[-1] if late else float("nan"),
         "spread": sorted(spread.values(), reverse=True),
+        "cpu": cpu,
     }
 
 
@@ -222,7 +227,8 @@ def main() -> int:
                 print(
                     f"  {nodes} node(s): start lateness median {result['median']:.1f} s, "
                     f"worst {result['worst']:.1f} s; {result['succeeded']}/{jobs} succeeded; "
-                    f"runs per node {result['spread']}",
+                    f"runs per node {result['spread']}; CPU {result['cpu']:.0f} s "
+                    f"({result['cpu'] / jobs:.1f} s per run, nodes included)",
                     flush=True,
                 )
             one = results[0]

@@ -161,6 +161,12 @@ def test_a_node_stopped_past_its_lease_is_fenced_and_delivers_nothing(
     assert (row["status"], row["attempt"]) == ("succeeded", 2)
     assert "missed its lease" in row["notes"]
     assert row["owner"] != run.owner and owner_pid(row["owner"]) == rescuer.proc.pid
+    # its output is readable from any node: this command has neither daemon's runs folder
+    assert row["files"] == ["output.html", "worker.log"]
+    shown = project.cli("show", row["run_id"], "output")
+    assert shown.returncode == 0 and "Report for r1@example.com" in shown.stdout
+    email = project.cli("show", row["run_id"], "email", "2")
+    assert email.returncode == 0 and "To: r1@example.com" in email.stdout
     assert [d.terminate() for d in daemons] == [0, 0]
     no_tracebacks(daemons)
 
