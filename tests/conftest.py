@@ -26,7 +26,13 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "support")]
 
-from postgres import Server, Unavailable, postgres_server  # noqa: E402
+from postgres import (  # noqa: E402
+    Server,
+    Unavailable,
+    cluster_unavailable,
+    postgres_server,
+    server_unavailable,
+)
 from smtp_server import SMTPTestServer  # noqa: E402
 
 BACKENDS = ("sqlite", "postgresql")
@@ -68,6 +74,44 @@ def smtp_server(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestS
 
 
 # --- ledger databases --------------------------------------------------------------------
+
+
+def _needs(item: pytest.Item) -> str | None:
+    """``cluster`` (a cluster of its own), ``server`` (any PostgreSQL) or None."""
+    names = set(getattr(item, "fixturenames", ()))
+    if "own_cluster" in names:
+        return "cluster"
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    if names & {"postgres", "postgres_url"} or "postgresql" in params:
+        return "server"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without PostgreSQL, leave its cases out with one line (under CI=true they fail)."""
+    wanted = {item: need for item in items if (need := _needs(item))}
+    if not wanted or os.environ.get("CI") == "true":
+        return
+    reasons = {"server": server_unavailable(), "cluster": None}
+    if any(need == "cluster" for need in wanted.values()):
+        reasons["cluster"] = cluster_unavailable()
+    left_out = [item for item, need in wanted.items() if reasons[need]]
+    if left_out:
+        items[:] = [item for item in items if item not in set(left_out)]
+        config.hook.pytest_deselected(items=left_out)
+        why = reasons["server"] or reasons["cluster"]
+        config.stash[_LEFT_OUT] = f"{len(left_out)} PostgreSQL test case(s) not run: {why}"
+
+
+_LEFT_OUT = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The one line that says PostgreSQL cases were left out, and why."""
+    note = config.stash.get(_LEFT_OUT, None)
+    if note:
+        terminalreporter.write_line(f"note: {note}", yellow=True)
 
 
 @pytest.fixture(scope="session")

@@ -229,7 +229,35 @@ class Server:
                 conn.execute("SELECT 1")
         except Exception as exc:
             where = self._admin.render_as_string(hide_password=True)
-            raise Unavailable(f"cannot connect to {where}: {str(exc).strip()[:300]}") from None
+            reason = " ".join(str(exc).split())[:300]
+            raise Unavailable(f"cannot connect to {where}: {reason}") from None
+
+
+def cluster_unavailable() -> str | None:
+    """Why no throwaway cluster can be made here (None: it can), without making one."""
+    if find_bindir() is None:
+        return (
+            "no PostgreSQL server programs (initdb, pg_ctl) on this machine: install Debian's "
+            f"postgresql package, or set {URL_VARIABLE}"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run a test cluster as"
+    return None
+
+
+def server_unavailable() -> str | None:
+    """Why the tests have no PostgreSQL (None: they have one), as cheaply as it can tell."""
+    url = os.environ.get(URL_VARIABLE)
+    if not url:
+        return cluster_unavailable()
+    try:
+        Server(url).check()
+    except Unavailable as why:
+        return str(why)
+    return None
 
 
 @contextlib.contextmanager
