@@ -44,7 +44,8 @@ class LedgerOutage:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._delay = first_delay
-        self._not_run: list[str] = []
+        self._not_run: list[str] = []  # the first ten, for the log line
+        self._not_run_count = 0
 
     @property
     def down(self) -> bool:
@@ -79,7 +80,9 @@ class LedgerOutage:
     def not_run(self, job: str, slot: datetime) -> None:
         """A slot that was not run because the ledger could not be reached."""
         with self._lock:
-            self._not_run.append(f"{job} {slot.isoformat()}")
+            self._not_run_count += 1
+            if len(self._not_run) < 10:
+                self._not_run.append(f"{job} {slot.isoformat()}")
 
     def succeeded(self) -> bool:
         """A ledger call worked; True (and one line) when that ends an outage."""
@@ -87,15 +90,16 @@ class LedgerOutage:
             if self._down_since is None:
                 return False
             gone = self._clock() - self._down_since
-            missed, self._not_run = self._not_run, []
+            missed, count = self._not_run, self._not_run_count
+            self._not_run, self._not_run_count = [], 0
             self._down_since = None
-        shown = ", ".join(missed[:10]) + (
-            f" and {len(missed) - 10} more" if len(missed) > 10 else ""
+        shown = ", ".join(missed) + (
+            f" and {count - len(missed)} more" if count > len(missed) else ""
         )
         log.warning(
             "the ledger is reachable again after %.0f s; %d slot(s) were not run meanwhile%s",
             gone,
-            len(missed),
-            f" ({shown}); applying each job's misfire policy to them" if missed else "",
+            count,
+            f" ({shown}); applying each job's misfire policy to them" if count else "",
         )
         return True
