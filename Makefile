@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run test test-fast test-tools lint bench lab clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "notifier needs Python >= 3.10 (set PYTHON=python3.11)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,9 +29,11 @@ test-fast: setup lint
 	$(PY) -m pytest -q -m "not slow"
 
 ## The PDF tests print with Chromium and read the PDF back with poppler-utils; the dashboard's
-## browser tests drive Chromium through chromium-driver (Selenium). As root with apt-get
-## (Debian/Ubuntu) the missing ones are installed; otherwise those tests are skipped with a
-## note (under CI=true they fail instead). Quiet when everything is there.
+## browser tests drive Chromium through chromium-driver (Selenium); the ledger and daemon tests
+## also run on PostgreSQL (a throwaway cluster made with Debian's postgresql, or
+## NOTIFIER_TEST_DATABASE_URL). As root with apt-get (Debian/Ubuntu) the missing ones are
+## installed; otherwise those tests are skipped with a note (under CI=true they fail
+## instead). Quiet when everything is there.
 BROWSERS := chromium chromium-browser google-chrome google-chrome-stable chrome
 test-tools:
 	@missing=""; \
@@ -41,17 +43,19 @@ test-tools:
 		command -v $$b >/dev/null 2>&1 && found=$$b && break; done; \
 	[ -n "$$found" ] || missing="$$missing chromium fonts-liberation"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -n "$$NOTIFIER_TEST_DATABASE_URL" ] || command -v initdb >/dev/null 2>&1 \
+		|| ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing$$missing with apt-get (for the PDF and browser tests)"; \
+			echo "installing$$missing with apt-get (for the PDF, browser and PostgreSQL tests)"; \
 			export DEBIAN_FRONTEND=noninteractive; \
 			apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
 			|| { apt-get update -qq >/dev/null 2>&1 \
 				&& apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1; } \
-			|| echo "note: could not install$$missing: the PDF and browser tests will be skipped"; \
+			|| echo "note: could not install$$missing: the tests that need it will be skipped"; \
 		else \
 			echo "note:$$missing not installed (needs root and apt-get to install here):" \
-				"the PDF and browser tests will be skipped"; \
+				"the tests that need them will be skipped"; \
 		fi; \
 	fi
 

@@ -13,6 +13,7 @@ BENCHMARKS = (
     "bench_run.py",
     "bench_scheduler.py",
     "bench_web.py",
+    "bench_nodes.py",
 )
 
 

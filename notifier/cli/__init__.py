@@ -24,6 +24,9 @@ COMMAND_MODULES = (
     "history",
     "queue",
     "web",
+    "show",
+    "nodes",
+    "pause",
 )
 
 

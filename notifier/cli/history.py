@@ -117,5 +117,7 @@ def run(args: argparse.Namespace) -> int:
         elif row["notes"]:
             print(f"    {row['notes']}")
         if row["output"]:
-            print(f"    output: {row['output']}")
+            print(f"    output: {row['output']} (on {row['host']})")
+        if row["files"]:
+            print(f"    from any node: notifier show {row['run_id'][:12]}")
     return 0

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         ledger = None
     rows = []
     try:
+        paused = ledger.paused() if ledger is not None else {}
         for job in jobs_file.jobs:
             upcoming = job.next_fire_times(count=1) if job.enabled else []
             last = ledger.last_run(job.name) if ledger is not None else None
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                     "last_status": last.status if last else None,
                     "last_slot": last.slot.astimezone(job.tz).isoformat() if last else None,
                     "last_error": last.error if last else None,
+                    "paused": _pause(paused.get(job.name), job.tz),
                 }
             )
     finally:
@@ -62,6 +64,27 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     for row in rows:
         nxt = row["next_run"] or ("disabled" if not row["enabled"] else "-")
+        if row["paused"] and row["enabled"]:
+            nxt = "PAUSED"
         last = f"{row['last_status']} ({row['last_slot']})" if row["last_status"] else "never ran"
         print(f"{row['name']:<24} {row['schedule'][:28]:<28} {nxt:<26} {last}")
+    for row in rows:
+        if row["paused"]:
+            held = row["paused"]
+            reason = f": {held['reason']}" if held["reason"] else ""
+            print(
+                f"{row['name']}: paused by {held['by']} since {held['since']}{reason} "
+                f"(notifier resume {row['name']})"
+            )
     return 0
+
+
+def _pause(held: dict | None, zone) -> dict | None:
+    """A job's pause as JSON (None when it is not paused)."""
+    if not held:
+        return None
+    return {
+        "since": held["paused_at"].astimezone(zone).isoformat(),
+        "by": held["paused_by"],
+        "reason": held["reason"],
+    }

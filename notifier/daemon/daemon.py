@@ -13,6 +13,9 @@
 - SIGTERM/SIGINT: no new runs; running ones get a grace period, then their
   kernels are killed, the runs are marked interrupted and handed over to any other
   daemon on the ledger (or re-run by this one at its next start).
+- An unreachable ledger stops no daemon: slots that cannot be claimed are not run (one
+  log line, then backoff, see :mod:`notifier.daemon.outage`); when it is back, missed
+  slots follow the misfire policies and runs left unfinished are marked interrupted.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from notifier.daemon.executor import SlotExecutor
 from notifier.daemon.misfire import missed_slots, missed_summary
+from notifier.daemon.outage import LedgerOutage
 from notifier.delivery.service import DeliveryService
 from notifier.delivery.worker import TransportFactory
 from notifier.errors import JobsFileError
 from notifier.jobs import Job, JobsFile, load_jobs
-from notifier.ledger import Ledger, Run
+from notifier.ledger import Ledger, LedgerError, Run
 from notifier.notebook.execute import terminate_active_workers
 from notifier.runs.path import RunPath, RunResult
 from notifier.runs.summary import closing_line
@@ -104,6 +108,7 @@ class Daemon:
         )
         self.scheduler.add_listener(self._on_overlap, EVENT_JOB_MAX_INSTANCES)
         self._watcher: threading.Thread | None = None
+        self.outage = LedgerOutage()
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -167,9 +172,12 @@ class Daemon:
         """Take over runs of dead or stopped nodes; re-run them per their misfire policy."""
         now = self.clock()
         for run in self._interrupted_runs():
-            job = self._jobs.get(run.job)
-            if job is None or not job.enabled or run.manual:
-                continue
+            self._rerun(run, now)
+
+    def _rerun(self, run: Run, now: datetime) -> None:
+        """Re-run an interrupted run of an enabled job if its misfire policy allows."""
+        job = self._jobs.get(run.job)
+        if job is not None and job.enabled and not run.manual:
             log.warning(
                 "%s: run %s of slot %s was interrupted (%s)",
                 run.job,
@@ -183,6 +191,25 @@ class Daemon:
                 log.info("%s: slot %s is past its grace period; not re-running", job.name, run.slot)
             else:
                 self._submit(lambda j=job, r=run: self._resume(j, r))
+
+    def _ledger_back(self) -> None:
+        """A ledger call worked: if that ends an outage, settle what it left behind."""
+        if self.outage.succeeded():
+            self._submit(self._after_outage)
+
+    def _after_outage(self) -> None:
+        """Runs left unfinished here are marked interrupted (and re-run per policy), and
+        slots missed meanwhile follow the misfire policies, as after downtime."""
+        try:
+            now = self.clock()
+            for run in self.runner.release_orphans(
+                "stopped while the ledger was unavailable (its node could not record it)"
+            ):
+                self._rerun(run, now)
+            self.catch_up()
+            self.ledger.nodes.configure(jobs_hash=self._file_hash())
+        except LedgerError as error:  # gone again: the next success comes back here
+            self.outage.failed(error, "settling runs after an outage")
 
     def catch_up(self) -> None:
         """Apply each job's misfire policy to the slots missed while no daemon ran."""
@@ -270,10 +297,19 @@ class Daemon:
                 return
             if trigger == "schedule" and self._too_late(job, slot):
                 return
+            if not self.outage.may_try():  # backing off: this slot is not run
+                self.outage.not_run(job.name, slot)
+                return
             started = time.perf_counter()
             local = slot.astimezone(job.tz).isoformat()
             log.info("%s: run of slot %s starting", job.name, local)
-            result = self.runner.run_slot(job, slot, trigger=trigger)
+            try:
+                result = self.runner.run_slot(job, slot, trigger=trigger)
+            except LedgerError as error:  # the claim failed: no claim, no run
+                self.outage.failed(error, f"claiming {job.name} slot {local}")
+                self.outage.not_run(job.name, slot)
+                return
+            self._ledger_back()
             if result is not None:
                 self._log_end(job, local, result, time.perf_counter() - started)
 
@@ -282,10 +318,14 @@ class Daemon:
             if not allowed:
                 return
             started = time.perf_counter()
-            result = self.runner.resume(job, run)
             local = run.slot.astimezone(job.tz).isoformat()
+            try:
+                result = self.runner.resume(job, run)
+            except LedgerError as error:
+                self.outage.failed(error, f"re-running {job.name} slot {local}")
+                return
             if result is None:
-                log.info("%s: interrupted slot %s was taken by another node", job.name, local)
+                log.info("%s: interrupted slot %s not re-run here", job.name, local)
             else:
                 self._log_end(job, local, result, time.perf_counter() - started)
 
@@ -312,12 +352,17 @@ class Daemon:
     def _watch(self) -> None:
         last_recovery = time.monotonic()
         while not self.stopping.wait(self.poll_interval):
-            if time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
+            due = time.monotonic() - last_recovery >= RECOVERY_INTERVAL or self.outage.down
+            if due and self.outage.may_try():
                 # another daemon on this ledger may have died or stopped: take over its runs
+                # (during an outage this is also the probe that notices the ledger is back)
                 last_recovery = time.monotonic()
                 try:
                     self.recover()
-                except Exception as error:  # the ledger may be down: one line, not a traceback
+                    self._ledger_back()
+                except LedgerError as error:  # one line per outage, not a traceback
+                    self.outage.failed(error, "looking for runs to take over")
+                except Exception as error:
                     log.warning("recovery check failed (%s); trying again later", error)
             state = self._stat()
             if state is None or state == self._file_state:
@@ -394,14 +439,22 @@ class Daemon:
         if not self.delivery.stop(timeout=max(0.0, deadline - time.monotonic())):
             self.hard_stop.set()  # mail not sent yet stays queued for the next daemon
             self.delivery.stop(timeout=15)
-        for run in self.ledger.mark_interrupted_mine():
+        try:
+            for run in self.ledger.mark_interrupted_mine():
+                log.warning(
+                    "%s: run %s of slot %s marked interrupted; another daemon on this ledger "
+                    "takes it over, or this one re-runs it at its next start",
+                    run.job,
+                    run.run_id,
+                    run.slot,
+                )
+            self.ledger.close()
+        except LedgerError as error:  # its runs are taken over once its lease runs out
             log.warning(
-                "%s: run %s of slot %s marked interrupted; another daemon on this ledger takes "
-                "it over, or this one re-runs it at its next start",
-                run.job,
-                run.run_id,
-                run.slot,
+                "could not hand this node's runs over (the ledger is unavailable: %s); other "
+                "daemons take them over when its lease runs out",
+                error,
             )
-        self.ledger.close()
+            self.ledger.db.dispose()
         self.stopped.set()
         log.info("stopped")

@@ -56,6 +56,22 @@ def _enable_wal(cursor: Any) -> None:
             time.sleep(0.01)
 
 
+# A node frozen inside a transaction (SIGSTOP, a stalled VM) must not hold its row locks
+# until it wakes up: the server ends such a session after this long. No transaction of the
+# ledger waits on anything but the database.
+IDLE_IN_TRANSACTION_MS = 30_000
+
+
+def _postgresql_session(dbapi_conn: Any, _record: Any) -> None:
+    """Session settings for every new PostgreSQL connection (best effort)."""
+    try:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        dbapi_conn.commit()
+    except Exception:  # a pooler that refuses SET: the ledger still works, just less guarded
+        dbapi_conn.rollback()
+
+
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(timezone.utc)
@@ -119,7 +135,10 @@ class Database:
     def _make_engine(self, parsed: Any) -> Engine:
         if not self.sqlite:
             timeouts = {"connect_timeout": 10} if self.postgresql else {}
-            return create_engine(parsed, pool_pre_ping=True, connect_args=timeouts)
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=timeouts)
+            if self.postgresql:
+                event.listen(engine, "connect", _postgresql_session)
+            return engine
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")

@@ -13,6 +13,11 @@ of the lease). Another node judges it dead when
 
 A node that was paused past its lease (SIGSTOP, a frozen VM) and resumes finds its runs
 taken over: every write a run makes is fenced by the run's owner and attempt.
+
+A node that was itself cut off (a database outage, a pause) does not judge others by
+their leases until it has renewed its own for half a lease: after an outage every lease
+has run out at once, and the first node back must not take over the runs of nodes that
+are alive but have not renewed yet.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -132,7 +138,11 @@ class NodeRegistry:
         self._registered = False
         self._lock = threading.Lock()
         self._beating: threading.Event | None = None
-        self._lost_logged = False
+        # monotonic times: the last renewal of this node's lease, and until when this node
+        # withholds lease verdicts on others (it was cut off itself)
+        self._renewed_at = 0.0
+        self._quiet_until = 0.0
+        self._beat_failing = False
 
     # ------------------------------------------------------------- this node
 
@@ -186,12 +196,13 @@ class NodeRegistry:
             )
             if done.rowcount == 0:
                 conn.execute(insert(nodes_table).values(node_id=self.node_id, **values))
-            conn.execute(
+            conn.execute(  # nodes that stopped, or crashed, long ago
                 delete(nodes_table).where(
-                    nodes_table.c.stopped_at.is_not(None),
-                    nodes_table.c.stopped_at < now - _FORGET_AFTER,
+                    nodes_table.c.lease_until < now - _FORGET_AFTER,
+                    nodes_table.c.node_id != self.node_id,
                 )
             )
+        self._renewed_at = time.monotonic()
 
     def heartbeat(self) -> bool:
         """Renew the lease; False when it had already run out (others may have taken over)."""
@@ -207,20 +218,45 @@ class NodeRegistry:
                 .where(nodes_table.c.node_id == self.node_id)
                 .values(heartbeat_at=now, lease_until=now + self.lease, stopped_at=None)
             )
-        return row is not None and row.stopped_at is None and row.lease_until >= now
+        kept = row is not None and row.stopped_at is None and row.lease_until >= now
+        self._renewed(lapsed=not kept)
+        return kept
+
+    def _renewed(self, *, lapsed: bool) -> None:
+        """Note a renewal; after a lapse (or failed beats), withhold verdicts for a while."""
+        moment = time.monotonic()
+        if lapsed or self._beat_failing or moment - self._renewed_at > self.lease_seconds / 2:
+            self._quiet_until = moment + self.lease_seconds / 2
+        self._renewed_at = moment
+
+    @property
+    def lease_seconds(self) -> float:
+        """The lease length of this node, in seconds."""
+        return self.lease.total_seconds()
+
+    def judges_leases(self) -> bool:
+        """False while this node was cut off itself (see the module docstring)."""
+        moment = time.monotonic()
+        if self._registered and moment - self._renewed_at > self.lease_seconds / 2:
+            return False  # its own heartbeat is late: paused, overloaded or cut off
+        return moment >= self._quiet_until
 
     def _beat(self, done: threading.Event) -> None:
-        interval = self.lease.total_seconds() / 4
+        interval = self.lease_seconds / 4
         while not done.wait(interval):
             try:
-                if not self.heartbeat() and not self._lost_logged:
-                    self._lost_logged = True
+                if not self.heartbeat():
                     log.warning(
-                        "this node's lease ran out before it could renew it (paused or "
-                        "overloaded?): other nodes may have taken over its runs"
+                        "this node's lease ran out before it could renew it (paused, cut off "
+                        "or overloaded?): other nodes may have taken over its runs"
                     )
+                if self._beat_failing:
+                    self._beat_failing = False
+                    log.warning("node heartbeat: the ledger is reachable again")
             except LedgerError as error:  # a missed beat must not end the beating
-                log.warning("node heartbeat failed (retrying in %.0f s): %s", interval, error)
+                if not self._beat_failing:  # one line per outage, not one per beat
+                    self._beat_failing = True
+                    log.warning("node heartbeat failed, retrying every %.0f s: %s", interval, error)
             except Exception:  # pragma: no cover - never let the heartbeat thread die
                 log.exception("node heartbeat failed")
 
@@ -257,13 +293,14 @@ class NodeRegistry:
             }
         dead: dict[str, str] = {}
         mine = host_key()
+        leases = self.judges_leases()
         for owner in owners:
             row = rows.get(owner)
             if row is None:
                 dead[owner] = f"node {owner} is not registered (a notifier before 0.2?)"
             elif row.stopped_at is not None:
                 dead[owner] = f"node {owner} stopped at {row.stopped_at.isoformat()}"
-            elif row.lease_until < now:
+            elif row.lease_until < now and leases:
                 dead[owner] = (
                     f"node {owner} missed its lease (last heartbeat {row.heartbeat_at.isoformat()})"
                 )

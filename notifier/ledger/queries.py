@@ -8,14 +8,14 @@ the zone the caller asks for (a job's own zone for its slots).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import func, select
 
 from notifier.ledger.queue import QueueRow
-from notifier.ledger.schema import deliveries_table, runs_table
-from notifier.ledger.statuses import WAITING, RecipientStatus, RunStatus
+from notifier.ledger.schema import deliveries_table, run_files_table, runs_table
+from notifier.ledger.statuses import ACTIVE_RUN, WAITING, RecipientStatus, RunStatus
 from notifier.ledger.store import Ledger, Run, run_from_row
 
 ZoneOf = Callable[[str], tzinfo | None]
@@ -81,13 +81,41 @@ def _legacy_deliveries(ledger: Ledger, run_ids: Sequence[str]) -> dict[str, list
     return found
 
 
+def node_host(owner: str) -> str:
+    """The host part of a node id (``host:pid:start-nonce``); other ids as they are."""
+    parts = owner.rsplit(":", 2)
+    return parts[0] if len(parts) == 3 else owner
+
+
+def run_file_names(ledger: Ledger, run_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The names of the files kept in the ledger for each run (one query)."""
+    found: dict[str, list[str]] = {}
+    ids = list(dict.fromkeys(run_ids))
+    with ledger.db.tx(write=False) as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                select(run_files_table.c.run_id, run_files_table.c.name)
+                .where(run_files_table.c.run_id.in_(ids[start : start + 500]))
+                .order_by(run_files_table.c.run_id, run_files_table.c.name)
+            )
+            for run_id, name in rows:
+                found.setdefault(run_id, []).append(name)
+    return found
+
+
 def run_rows(
     ledger: Ledger,
     runs: Sequence[Run],
     zone_of: ZoneOf = lambda _job: None,
 ) -> list[dict[str, Any]]:
-    """Runs with their mail, per recipient, as dicts (one query for all their mail)."""
+    """Runs with their mail, per recipient, as dicts (one query for all their mail).
+
+    ``host`` is the machine of the node that ran it (its run folder, ``output``, is on
+    that machine); ``files`` are the files every node can read from the ledger
+    (``output.html``, ``worker.log``, ``failure.json``: ``ledger.run_file(run_id, name)``).
+    """
     run_ids = [run.run_id for run in runs]
+    files = run_file_names(ledger, run_ids)
     mail: dict[str, list[dict]] = {}
     for row in ledger.queue.rows(run_ids=run_ids):
         mail.setdefault(row.run_id, []).append(mail_row(row, zone_of(row.job)))
@@ -117,6 +145,8 @@ def run_rows(
                 "notebook": run.notebook,
                 "parameters": run.parameters,
                 "owner": run.owner,
+                "host": node_host(run.owner),
+                "files": files.get(run.run_id, []),
             }
         )
     return rows
@@ -192,6 +222,125 @@ def delivery_log(ledger: Ledger, run_id: str, zone: tzinfo | None = None) -> lis
             }
             for row in conn.execute(query)
         ]
+
+
+def runs_by_prefix(ledger: Ledger, prefix: str, *, limit: int = 2) -> list[Run]:
+    """Runs whose id is ``prefix`` or starts with it (at most ``limit``): for short ids."""
+    exact = ledger.get(prefix)
+    if exact is not None:
+        return [exact]
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = (
+        select(runs_table)
+        .where(runs_table.c.run_id.like(f"{escaped}%", escape="\\"))
+        .order_by(runs_table.c.slot.desc())
+        .limit(limit)
+    )
+    with ledger.db.tx(write=False) as conn:
+        return [run_from_row(row) for row in conn.execute(query)]
+
+
+def email_as_sent(ledger: Ledger, message_pk: int) -> bytes | None:
+    """A queued email as the mail server got it (RFC 5322 bytes), rebuilt from the ledger.
+
+    Its envelope recipients are every recipient row of the message; the headers are the
+    ones it was sent with (To, Cc, Subject, Message-ID, Date).
+    """
+    from notifier.delivery.planning import outgoing_from, spec_parts
+
+    message = ledger.queue.message(message_pk)
+    if message is None:
+        return None
+    parts = ledger.queue.load_parts(spec_parts(message.spec))
+    outgoing = outgoing_from(message, parts, [r.address for r in message.recipients])
+    return outgoing.data
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+RECENT_NODES = timedelta(days=1)
+
+
+def _short(digest: str | None) -> str | None:
+    return digest[:12] if digest else None
+
+
+def nodes_report(
+    ledger: Ledger, *, everything: bool = False, zone: tzinfo | None = None
+) -> dict[str, Any]:
+    """Every node on the ledger with its state, running runs and jobs-file hash.
+
+    ``state`` is ``alive`` (lease valid by the database's clock), ``expired`` (it stopped
+    renewing its lease: crashed, paused or cut off; its runs are taken over) or
+    ``stopped`` (shut down cleanly). Without ``everything``: live nodes, and daemons seen
+    in the last day. ``warnings`` says when live daemons run different jobs files (one
+    was not redeployed).
+    """
+    with ledger.db.tx(write=False) as conn:
+        now = ledger.db.db_now(conn)
+        owned = list(
+            conn.execute(
+                select(runs_table.c.owner, runs_table.c.job, runs_table.c.run_id, runs_table.c.slot)
+                .where(runs_table.c.status.in_([s.value for s in ACTIVE_RUN]))
+                .order_by(runs_table.c.slot)
+            )
+        )
+    running: dict[str, list[dict[str, Any]]] = {}
+    for row in owned:
+        running.setdefault(row.owner, []).append(
+            {"job": row.job, "run_id": row.run_id, "slot": _iso(row.slot, zone)}
+        )
+    nodes = []
+    for node in ledger.nodes.all():
+        state = (
+            "stopped"
+            if node.stopped_at is not None
+            else "alive"
+            if node.lease_until >= now
+            else "expired"
+        )
+        seen = node.stopped_at or node.heartbeat_at
+        recent = node.role == "daemon" and now - seen <= RECENT_NODES
+        if not (everything or state == "alive" or recent or node.node_id in running):
+            continue
+        nodes.append(
+            {
+                "node_id": node.node_id,
+                "host": node.host,
+                "pid": node.pid,
+                "role": node.role,
+                "version": node.version,
+                "state": state,
+                "started_at": _iso(node.started_at, zone),
+                "heartbeat_at": _iso(node.heartbeat_at, zone),
+                "heartbeat_age_s": round((now - node.heartbeat_at).total_seconds(), 1),
+                "lease_until": _iso(node.lease_until, zone),
+                "stopped_at": _iso(node.stopped_at, zone),
+                "jobs_hash": node.jobs_hash,
+                "jobs_hash_short": _short(node.jobs_hash),
+                "running": running.get(node.node_id, []),
+            }
+        )
+    hashes: dict[str, list[str]] = {}
+    for node in nodes:
+        if node["state"] == "alive" and node["role"] == "daemon":
+            hashes.setdefault(node["jobs_hash"] or "unknown", []).append(node["host"])
+    warnings = []
+    if len(hashes) > 1:
+        described = "; ".join(
+            f"{_short(digest) if digest != 'unknown' else 'unknown'} on {', '.join(hosts)}"
+            for digest, hosts in sorted(hashes.items(), key=lambda kv: -len(kv[1]))
+        )
+        warnings.append(
+            f"the running daemons do not agree about the jobs file ({described}): "
+            "deploy the same jobs.yaml to every node (each reloads it when it changes)"
+        )
+    return {
+        "now": _iso(now, zone),
+        "lease_seconds": ledger.nodes.lease.total_seconds(),
+        "nodes": nodes,
+        "warnings": warnings,
+    }
 
 
 def waiting_mail(ledger: Ledger, *, include_unknown: bool = True) -> list[QueueRow]:

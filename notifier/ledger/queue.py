@@ -289,8 +289,13 @@ class OutboundQueue:
         ]
         if not rows:
             return 0
-        result = conn.execute(_insert_ignoring_duplicates(conn, recipients_table), rows)
-        return max(result.rowcount, 0)
+        # RETURNING counts the rows really inserted on every backend (an executemany's
+        # rowcount is not reliable: psycopg reports 0 for INSERT ... ON CONFLICT DO NOTHING)
+        inserted = conn.execute(
+            _insert_ignoring_duplicates(conn, recipients_table).returning(recipients_table.c.id),
+            rows,
+        )
+        return len(inserted.all())
 
     def _store_parts(self, conn: Connection, parts: dict[str, bytes], now: datetime) -> None:
         if not parts:

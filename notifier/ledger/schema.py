@@ -25,6 +25,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -153,7 +154,8 @@ nodes_table = Table(
     # boot id + pid namespace: two processes with the same host_key can check each other's pid
     Column("host_key", String(128), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("process_start_ms", Integer, nullable=False),
+    # epoch milliseconds need 64 bits (PostgreSQL's INTEGER is 32)
+    Column("process_start_ms", BigInteger, nullable=False),
     Column("role", String(16), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),

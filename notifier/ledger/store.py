@@ -19,7 +19,7 @@ import json
 import logging
 import secrets
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -448,8 +448,15 @@ class Ledger:
 
     # --------------------------------------------------------------- run files
 
-    def save_run_file(self, run_id: str, name: str, data: bytes) -> None:
-        """Keep a file of the run (output.html, worker.log, ...) in the ledger, compressed."""
+    def save_run_file(
+        self, run_id: str, name: str, data: bytes, *, attempt: int | None = None
+    ) -> bool:
+        """Keep a file of the run (output.html, worker.log, ...) in the ledger, compressed.
+
+        With ``attempt`` the write is fenced like every write of a run: it happens only
+        while this node holds the run at that attempt (False otherwise), so a node whose
+        run was taken over never replaces the files of the attempt that took it.
+        """
         packed = zlib.compress(data, 6)
         compressed = len(packed) < len(data)
         values = {
@@ -460,9 +467,17 @@ class Ledger:
         }
         where = (run_files_table.c.run_id == run_id, run_files_table.c.name == name)
         with self.db.tx(write=True) as conn:
+            if attempt is not None:
+                mine = self._mine(run_id, attempt, (*ACTIVE_RUN, RunStatus.INTERRUPTED))
+                if (
+                    conn.execute(select(runs_table.c.id).where(*mine).with_for_update()).first()
+                    is None
+                ):
+                    return False
             done = conn.execute(update(run_files_table).where(*where).values(**values))
             if done.rowcount == 0:
                 conn.execute(insert(run_files_table).values(run_id=run_id, name=name, **values))
+        return True
 
     def run_file(self, run_id: str, name: str) -> bytes | None:
         """A file kept with :meth:`save_run_file`, or None."""
@@ -490,17 +505,22 @@ class Ledger:
 
     def pause(self, job: str, *, reason: str = "", by: str | None = None) -> bool:
         """Pause a job on every node (False when it was paused already)."""
-        with self.db.tx(write=True) as conn:
-            if conn.execute(select(pauses_table.c.job).where(pauses_table.c.job == job)).first():
-                return False
-            conn.execute(
-                insert(pauses_table).values(
-                    job=job,
-                    paused_at=self.db.now(),
-                    paused_by=by or self._owner,
-                    reason=clip(reason, MAX_TEXT, "reason") or "",
+        try:
+            with self.db.tx(write=True) as conn:
+                if conn.execute(
+                    select(pauses_table.c.job).where(pauses_table.c.job == job)
+                ).first():
+                    return False
+                conn.execute(
+                    insert(pauses_table).values(
+                        job=job,
+                        paused_at=self.db.now(),
+                        paused_by=by or self._owner,
+                        reason=clip(reason, MAX_TEXT, "reason") or "",
+                    )
                 )
-            )
+        except IntegrityError:  # PostgreSQL: paused by someone else at the same moment
+            return False
         return True
 
     def resume(self, job: str) -> bool:
@@ -578,8 +598,18 @@ class Ledger:
         dead = self.nodes.dead_owners({row.owner for row in rows})
         return [run_from_row(row) for row in rows if row.owner in dead]
 
-    def mark_interrupted_mine(self) -> list[Run]:
-        """On graceful shutdown: mark this node's claimed/running runs ``interrupted``."""
+    def mark_interrupted_mine(
+        self,
+        *,
+        keep: Collection[str] = (),
+        reason: str = "interrupted by shutdown of the scheduler",
+    ) -> list[Run]:
+        """Mark this node's claimed/running runs ``interrupted`` (but those in ``keep``).
+
+        On graceful shutdown; and after the ledger was unreachable, for the runs this node
+        claimed but is no longer executing (a claim whose answer was lost, a run that
+        stopped because the ledger failed under it).
+        """
         with self.db.tx(write=False) as conn:
             rows = list(
                 conn.execute(
@@ -589,7 +619,7 @@ class Ledger:
                     )
                 )
             )
-        done = (self._interrupt(row, "interrupted by shutdown of the scheduler") for row in rows)
+        done = (self._interrupt(row, reason) for row in rows if row.run_id not in keep)
         return [run for run in done if run is not None]
 
     def _interrupt(self, row: Row[Any], reason: str) -> Run | None:

@@ -45,14 +45,15 @@ from notifier.delivery.worker import (
     TransportFactory,
     default_transports,
 )
-from notifier.errors import LedgerError, MessageError, NotifierError
+from notifier.errors import MessageError, NotifierError
 from notifier.jobs import Job
-from notifier.ledger import Fenced, Ledger, Run
+from notifier.ledger import Fenced, Ledger, LedgerError, Run
 from notifier.ledger.queue import NewMessage
 from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
 from notifier.runs import alerts
+from notifier.runs import files as run_files
 from notifier.runs.retention import apply_retention
 from notifier.settings import Settings
 
@@ -70,6 +71,7 @@ class RunResult:
     execution: Execution | None
     outcomes: list[Outcome] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fenced: bool = False  # another node took the run over: this one delivered nothing
 
     @property
     def status(self) -> str:
@@ -115,8 +117,6 @@ class RunPath:
         on_outcome: OutcomeCallback | None = None,
     ) -> None:
         self.settings = settings
-        # told of each recipient's answer as the run's mail goes out (a progress bar)
-        self.on_outcome = on_outcome
         self.ledger = ledger
         # stopping: no new attempts (a shutdown began); abort: stop sending now (its grace
         # period is over). Mail not sent by then stays queued for the next daemon.
@@ -125,31 +125,65 @@ class RunPath:
         self.deliverer = Deliverer(
             ledger, settings, transports or default_transports(settings), stopping=self.abort
         )
+        self._execute = executor
+        # told of each recipient's answer as the run's mail goes out (a progress bar)
+        self.on_outcome = on_outcome
         # the notebook's outcome is in memory: a briefly locked ledger must not lose it
         self._patience = Patience(log, stopping=self.abort, grace=settings.shutdown_grace)
-        self._execute = executor
+        # the runs this process is executing; a claim and its entry here happen under one
+        # lock, so release_orphans() never mistakes a fresh claim for an orphan
+        self.active: set[str] = set()
+        self._claims = threading.Lock()
 
     # ------------------------------------------------------------------ claims
 
-    def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> RunResult | None:
-        """Claim and run ``(job, slot)``; None when another run already has the slot."""
-        run = self.ledger.claim(
+    def paused(self, job: Job, slot: datetime) -> bool:
+        """True (and one log line) when ``notifier pause`` holds the job: its slot is not run."""
+        held = self.ledger.paused().get(job.name)
+        if held is None:
+            return False
+        reason = f" ({held['reason']})" if held["reason"] else ""
+        log.info(
+            "%s: slot %s not run: paused by %s since %s%s",
             job.name,
             slot,
-            trigger=trigger,
-            recipients=job.to,
-            notebook=str(job.notebook),
-            parameters=job.parameters,
-            failure_recipients=job.failure_recipients,
+            held["paused_by"],
+            held["paused_at"],
+            reason,
         )
+        return True
+
+    def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> RunResult | None:
+        """Claim and run ``(job, slot)``; None when another run already has the slot, or
+        the job is paused (``notifier pause``: every node obeys)."""
+        if self.paused(job, slot):
+            return None
+        with self._claims:
+            run = self.ledger.claim(
+                job.name,
+                slot,
+                trigger=trigger,
+                recipients=job.to,
+                notebook=str(job.notebook),
+                parameters=job.parameters,
+                failure_recipients=job.failure_recipients,
+            )
+            if run is not None:
+                self.active.add(run.run_id)
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
             return None
         return self.execute_claimed(job, run)
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> RunResult | None:
-        """Take over an interrupted run of the same slot (None when another process did)."""
-        taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
+        """Take over an interrupted run of the same slot (None when another process did, or
+        the job is paused)."""
+        if self.paused(job, run.slot):
+            return None
+        with self._claims:
+            taken = self.ledger.reclaim(run.run_id, trigger=trigger, attempt=run.attempt)
+            if taken is not None:
+                self.active.add(taken.run_id)
         if taken is None:
             return None
         log.info(
@@ -167,15 +201,18 @@ class RunPath:
         The dashboard's "Run now" claims first, so it can show the new run at once while
         the notebook executes in the background.
         """
-        run = self.ledger.claim(
-            job.name,
-            datetime.now(timezone.utc),
-            trigger="manual",
-            recipients=job.to,
-            notebook=str(job.notebook),
-            parameters=job.parameters,
-            failure_recipients=job.failure_recipients,
-        )
+        with self._claims:
+            run = self.ledger.claim(
+                job.name,
+                datetime.now(timezone.utc),
+                trigger="manual",
+                recipients=job.to,
+                notebook=str(job.notebook),
+                parameters=job.parameters,
+                failure_recipients=job.failure_recipients,
+            )
+            if run is not None:
+                self.active.add(run.run_id)
         if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
             raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
         return run
@@ -186,12 +223,21 @@ class RunPath:
         """Run a slot this node holds, to the end of its first delivery pass."""
         result = RunResult(run, None)
         kind = "outbox" if dry_run or self.settings.uses_outbox else "default"
+        self.active.add(run.run_id)
         try:
             self._execute_claimed(job, run, kind, result)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
-        except LedgerError as error:  # gone for good (Patience waited): say it in one line
-            log.error("%s: run %s could not be recorded: %s", job.name, run.run_id, error)
+            result.fenced = True
+        except LedgerError as error:  # one line, not a traceback: the database is down
+            log.warning(
+                "%s: run %s stopped: the ledger became unavailable (%s); once it is back the "
+                "run is marked interrupted and re-run as its misfire policy allows",
+                job.name,
+                run.run_id,
+                one_line(str(error), 300),
+            )
+            return result
         except Exception as error:  # the ledger must never keep a 'running' row for a dead run
             log.exception("%s: run %s crashed", job.name, run.run_id)
             text = f"internal error: {one_line(str(error), 400)}"
@@ -205,15 +251,52 @@ class RunPath:
                 run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
             )
             raise
+        finally:
+            self.active.discard(run.run_id)
         try:
             stored = self.ledger.get(run.run_id)
         except LedgerError:
-            stored = None
+            stored = None  # the run's own writes went through; only this read failed
         if stored is not None:
             result.run = stored
         if job.schedule is not None:
             apply_retention(self.ledger, self.settings, job)
         return result
+
+    def release_orphans(self, reason: str) -> list[Run]:
+        """Mark interrupted the runs this node holds in the ledger but no longer executes.
+
+        After the ledger was unreachable: a claim whose answer was lost, or a run stopped
+        because the ledger failed under it, would otherwise stay 'claimed'/'running' on a
+        live node, which nobody takes over.
+        """
+        with self._claims:
+            return self.ledger.mark_interrupted_mine(keep=set(self.active), reason=reason)
+
+    def _still_holds(self, job: Job, run: Run) -> bool:
+        """``ledger.holds`` after the notebook ran, waiting (with backoff) while the ledger
+        is unreachable: the result is kept in memory rather than lost or sent unfenced."""
+        delay, waited = 0.5, False
+        while True:
+            try:
+                held = self.ledger.holds(run.run_id, run.attempt)
+            except LedgerError as error:
+                if self.stopping.is_set():
+                    raise
+                if not waited:
+                    waited = True
+                    log.warning(
+                        "%s: the notebook finished but the ledger is unavailable (%s); keeping "
+                        "its result and trying again with backoff",
+                        job.name,
+                        one_line(str(error), 300),
+                    )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if waited:
+                log.warning("%s: the ledger is reachable again; the run goes on", job.name)
+            return held
 
     def _execute_claimed(self, job: Job, run: Run, kind: str, result: RunResult) -> None:
         if not self.ledger.mark_running(run.run_id, run.attempt):
@@ -230,10 +313,11 @@ class RunPath:
         result.execution = execution
         result.warnings += execution.warnings
         output = str(execution.output_notebook) if execution.output_notebook.is_file() else None
-        if not self.ledger.holds(run.run_id, run.attempt):
+        if not self._still_holds(job, run):
             # Another node judged this one dead (a long stall) and took the slot over: it
             # delivers; sending here too could mail everyone twice.
             raise Fenced(f"run {run.run_id} was taken over by another node")
+        run_files.keep(self.ledger, self.settings, run, execution)  # readable on every node
         if self.stopping.is_set() and execution.status == "failed":
             self.ledger.finish(
                 run.run_id,

@@ -45,6 +45,11 @@ def closing_line(result: RunResult) -> tuple[int, str]:
     reports = [o for o in result.outcomes if o.purpose == "report"]
     counts = Counter(o.status.value for o in reports)
     mail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    if result.fenced:
+        return logging.WARNING, (
+            f"taken over by node {run.owner} (attempt {run.attempt}, now {run.status}): "
+            f"this node delivered nothing{folder}"
+        )
     if run.status == RunStatus.FAILED.value:
         return logging.ERROR, f"failed: {run.error or 'unknown error'}{folder}"
     if run.status == RunStatus.DELIVERING.value:

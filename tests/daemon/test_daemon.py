@@ -325,6 +325,42 @@ jobs:
     assert len(refused) == 3
 
 
+def test_a_paused_job_runs_on_no_node_until_it_is_resumed(
+    project: Project, caplog: pytest.LogCaptureFixture
+) -> None:
+    project.write_jobs(
+        """
+jobs:
+  - name: once
+    notebook: alert.ipynb
+    schedule: "0 * * * *"
+    timezone: UTC
+    to: ops@example.com
+"""
+    )
+    clock = Clock(at(8) + timedelta(seconds=2))
+    nodes = [project.daemon(clock), project.daemon(clock)]  # two nodes, one ledger
+    operator = project.ledger(owner="operator")
+    assert operator.pause("once", reason="warehouse migration", by="ops@laptop")
+    run_id, _ = seed_interrupted(project, "once", at(7, 30))
+    with caplog.at_level(logging.INFO, logger="notifier"):
+        for node in nodes:
+            node.fire("once", slot=at(8))
+            node.recover()  # nor is an interrupted slot re-run
+    assert project.transport.sent == []
+    (left,) = operator.history("once")
+    assert (left.run_id, left.status, left.attempt) == (run_id, "interrupted", 1)
+    said = [r.getMessage() for r in caplog.records]
+    paused = [line for line in said if "not run: paused by ops@laptop" in line]
+    assert len(paused) >= 3 and all("(warehouse migration)" in line for line in paused)
+    assert sum(f"slot {at(8)}" in line for line in paused) == 2  # each node, once
+
+    assert operator.resume("once")
+    clock.now = at(9) + timedelta(seconds=2)
+    nodes[1].fire("once", slot=at(9))
+    assert project.subjects() == [f"Alert {at(9).isoformat()}"]
+
+
 # --- retries, cooldown, recovery, retention ---------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Real ``notifier schedule`` processes against a real SMTP server and a shared SQLite ledger.
+"""Real ``notifier schedule`` processes against a real SMTP server and a shared ledger
+(SQLite; the kill -9, two-daemon and reload tests also on PostgreSQL).
 
 Each test builds a project folder (jobs.yaml, a notebook) in tmp_path and starts
 ``python -m notifier schedule jobs.yaml`` there; the SMTP server runs in the test process
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import BACKENDS, wait_until
 from daemons import Project, StallingSMTPServer, one_off_job, sigkill
 from smtp_server import SMTPTestServer
 
@@ -36,8 +37,13 @@ def smtp(smtp_server_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
 
 
 @pytest.fixture
-def project(tmp_path: Path, smtp: SMTPTestServer) -> Iterator[Project]:
-    p = Project(tmp_path, smtp)
+def project(
+    tmp_path: Path, smtp: SMTPTestServer, request: pytest.FixtureRequest
+) -> Iterator[Project]:
+    """A project on SQLite, or on PostgreSQL when parametrized ``indirect`` with it."""
+    backend = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else ""
+    p = Project(tmp_path, smtp, db_url=url)
     try:
         yield p
     finally:
@@ -58,7 +64,11 @@ def stalling_project(tmp_path: Path) -> Iterator[Project]:
 # --- 1. kill -9 during a run -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("policy", "rerun"), [("run_once", True), ("skip", False)])
+@pytest.mark.parametrize(
+    ("project", "policy", "rerun"),
+    [("sqlite", "run_once", True), ("sqlite", "skip", False), ("postgresql", "run_once", True)],
+    indirect=["project"],
+)
 def test_sigkill_during_a_run_then_restart(project: Project, policy: str, rerun: bool) -> None:
     marker = project.root / "slow-cell-reached"
     text, slot = one_off_job(
@@ -138,6 +148,7 @@ def test_sigkill_between_two_emails_mails_nobody_twice(stalling_project: Project
 # --- 2. two schedulers, one ledger ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("project", BACKENDS, indirect=True)
 def test_two_schedulers_on_one_ledger_send_each_slot_once(project: Project) -> None:
     anchor = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
     project.write_jobs(
@@ -204,6 +215,7 @@ jobs:
 """
 
 
+@pytest.mark.parametrize("project", BACKENDS, indirect=True)
 def test_reload_adds_a_job_and_survives_a_bad_edit(project: Project) -> None:
     project.write_jobs(BASE_JOBS)
     daemon = project.start()

@@ -1,5 +1,5 @@
 """Durable delivery with real ``notifier schedule`` processes, a real SMTP server and a
-real SQLite ledger: a mail outage across a slot, kill -9 at the worst moments, a locked
+real SQLite ledger (the kill -9 and hand-over tests also on PostgreSQL): a mail outage across a slot, kill -9 at the worst moments, a locked
 ledger, a graceful stop while another daemon runs, notifier as PID 1, and the process
 tree of a notebook when its daemon is killed."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import BACKENDS, wait_until
 from daemons import Project, StallingSMTPServer, sigkill
 from smtp_server import Behaviour, SMTPTestServer
 
@@ -57,8 +57,8 @@ def server_factory(smtp_server_factory: Callable[..., SMTPTestServer]):
     return smtp_server_factory
 
 
-def make_project(tmp_path: Path, server: SMTPTestServer) -> Project:
-    project = Project(tmp_path, server)
+def make_project(tmp_path: Path, server: SMTPTestServer, db_url: str = "") -> Project:
+    project = Project(tmp_path, server, db_url=db_url)
     write_notebook(project.root / "split.ipynb", SPLIT_CELL, parameters=SPLIT_PARAMETERS)
     return project
 
@@ -83,6 +83,11 @@ jobs:
     misfire: {{policy: run_once, grace: 1h}}
     parameters: {parameters}
 {extra}"""
+
+
+def ledger_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """ "" (the project's SQLite file) or a fresh PostgreSQL database."""
+    return request.getfixturevalue("postgres_url") if backend == "postgresql" else ""
 
 
 def slot_in(seconds: float) -> datetime:
@@ -140,11 +145,12 @@ def test_a_mail_outage_across_a_slot_delays_the_report_instead_of_losing_it(
 # --- 2. kill -9 after the first recipient, restart --------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_kill_9_after_the_first_recipient_then_a_restart_mails_nobody_twice(
-    tmp_path: Path, cleanup: list[Project]
+    tmp_path: Path, cleanup: list[Project], backend: str, request: pytest.FixtureRequest
 ) -> None:
     server = StallingSMTPServer("r1@example.com").start()
-    project = make_project(tmp_path, server)
+    project = make_project(tmp_path, server, ledger_url(backend, request))
     cleanup.append(project)
     flag = project.root / "reverse"
     slot = slot_in(2)
@@ -254,11 +260,16 @@ def test_a_ledger_locked_for_15_s_during_delivery_loses_and_repeats_nothing(
 # --- 5. a graceful stop hands the run over ------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_of_one_of_two_daemons_during_a_run_lets_the_other_complete_it(
-    tmp_path: Path, server_factory: Callable[..., SMTPTestServer], cleanup: list[Project]
+    tmp_path: Path,
+    server_factory: Callable[..., SMTPTestServer],
+    cleanup: list[Project],
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     server = server_factory("plain")
-    project = make_project(tmp_path, server)
+    project = make_project(tmp_path, server, ledger_url(backend, request))
     cleanup.append(project)
     marker = project.root / "slow-cell"
     slot = slot_in(6)

@@ -1,4 +1,5 @@
-"""Ledger tests on real SQLite files, with real subprocesses for concurrency and crashes."""
+"""Ledger tests on real SQLite files and real PostgreSQL databases (``db_url`` runs each
+test on both), with real subprocesses for concurrency and crashes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ledgers import expire_lease, run_sql
 
 from notifier.errors import NotifierError
 from notifier.ledger import SCHEMA_VERSION, Ledger, LedgerError, Run
@@ -27,11 +29,6 @@ UTC = timezone.utc
 T0 = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
 
 MakeLedger = Callable[..., Ledger]
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
 @pytest.fixture
@@ -237,7 +234,7 @@ print(json.dumps({"owner": ledger.owner, "won": won}), flush=True)
 """
 
 
-def test_processes_racing_on_one_sqlite_file_claim_each_slot_exactly_once(
+def test_processes_racing_on_one_ledger_claim_each_slot_exactly_once(
     db_url: str, tmp_path: Path
 ) -> None:
     slots, workers = 50, 4
@@ -275,8 +272,9 @@ def test_processes_racing_on_one_sqlite_file_claim_each_slot_exactly_once(
         base = datetime(2024, 1, 1, tzinfo=UTC)
         for row in rows:
             assert int((row.slot - base).total_seconds() // 60) in by_owner[row.owner]
-    journal = sqlite3.connect(tmp_path / "ledger.db").execute("PRAGMA journal_mode").fetchone()
-    assert journal == ("wal",)
+    if db_url.startswith("sqlite"):
+        journal = sqlite3.connect(tmp_path / "ledger.db").execute("PRAGMA journal_mode")
+        assert journal.fetchone() == ("wal",)
 
 
 # ------------------------------------------------------------------ reclaim
@@ -448,8 +446,7 @@ def test_recover_detects_reused_pid_by_start_time(make_ledger: MakeLedger, db_ur
     assert gone is not None and live is not None
     # the old node had this very pid but started at another time: a previous process
     # whose pid we inherited (a restarted container's pid 1); its lease is still valid
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-        raw.execute("UPDATE nodes SET process_start_ms = 1000 WHERE node_id = 'old-node'")
+    run_sql(db_url, "UPDATE nodes SET process_start_ms = 1000 WHERE node_id = 'old-node'")
     recovered = me.recover_interrupted()
     assert [r.run_id for r in recovered] == [gone.run_id]
     assert "process" in (recovered[0].error or "") and "is gone" in (recovered[0].error or "")
@@ -464,27 +461,27 @@ def test_pids_are_not_trusted_across_hosts_or_pid_namespaces(
     me = make_ledger()
     run = elsewhere.claim("daily", T0)
     assert run is not None
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-        # its pid means nothing here (it may be a pid that does not exist in this namespace)
-        raw.execute(
-            "UPDATE nodes SET host_key = 'boot:other-namespace', pid = 999999 "
-            "WHERE node_id = 'container-b'"
-        )
+    # its pid means nothing here (it may be a pid that does not exist in this namespace)
+    run_sql(
+        db_url,
+        "UPDATE nodes SET host_key = 'boot:other-namespace', pid = 999999 "
+        "WHERE node_id = 'container-b'",
+    )
     assert me.recover_interrupted() == []  # its lease is valid: alive, whatever the pid
 
 
-def test_recover_runs_of_nodes_whose_lease_ran_out(make_ledger: MakeLedger) -> None:
-    now = datetime.now(UTC)
-    stale_node = make_ledger(owner="node-7", clock=Clock(now - timedelta(seconds=300)))
-    busy_clock = Clock(now - timedelta(seconds=300))
-    busy_node = make_ledger(owner="node-8", clock=busy_clock)
+def test_recover_runs_of_nodes_whose_lease_ran_out(make_ledger: MakeLedger, db_url: str) -> None:
+    stale_node = make_ledger(owner="node-7")
+    busy_node = make_ledger(owner="node-8")
     me = make_ledger()
     stale = stale_node.claim("alert", T0)
     busy = busy_node.claim("alert", T0 + timedelta(minutes=5))
     assert stale is not None and busy is not None
     assert busy_node.mark_running(busy.run_id)
+    # neither renewed its lease for a long time (the same process: its pid is alive)
+    expire_lease(db_url, "node-7")
+    expire_lease(db_url, "node-8")
     # a long run on a node that keeps renewing its lease is left alone
-    busy_clock.now = now
     assert busy_node.nodes.heartbeat() is False  # its lease had run out meanwhile...
     assert busy_node.nodes.heartbeat() is True  # ...and is renewed now
     recovered = me.recover_interrupted()
@@ -503,6 +500,26 @@ def test_recover_runs_of_nodes_whose_lease_ran_out(make_ledger: MakeLedger) -> N
     assert stale_node.finish(stale.run_id, "succeeded", attempt=stale.attempt) is False
 
 
+def test_a_node_back_from_an_outage_judges_no_lease_until_others_could_renew(
+    make_ledger: MakeLedger, db_url: str
+) -> None:
+    """After a database outage every lease has run out at once: the first node back must
+    not take over the runs of nodes that are alive but have not renewed yet."""
+    from conftest import wait_until
+
+    other = make_ledger(owner="other")
+    me = make_ledger(owner="me", lease_seconds=2)
+    assert other.claim("daily", T0) is not None
+    me.nodes.ensure_registered()
+    expire_lease(db_url, "other")
+    expire_lease(db_url, "me")
+    assert me.nodes.heartbeat() is False  # back first, its own lease had run out
+    assert not me.nodes.judges_leases()
+    assert me.recover_interrupted() == []  # 'other' may be alive and about to renew
+    wait_until(me.nodes.judges_leases, 10, "half a lease after its own renewal")
+    assert [r.job for r in me.recover_interrupted()] == ["daily"]  # it did not renew
+
+
 def test_handed_over_lists_interrupted_runs_of_stopped_nodes(make_ledger: MakeLedger) -> None:
     leaving = make_ledger(owner="leaving")
     staying = make_ledger(owner="staying")
@@ -519,10 +536,11 @@ def test_handed_over_lists_interrupted_runs_of_stopped_nodes(make_ledger: MakeLe
     assert staying.reclaim(mine.run_id, trigger="retry", attempt=1) is not None
 
 
-def test_two_recovering_daemons_take_each_run_once(make_ledger: MakeLedger) -> None:
-    dead = make_ledger(owner="gone-host:1:1-a", clock=Clock(T0))
+def test_two_recovering_daemons_take_each_run_once(make_ledger: MakeLedger, db_url: str) -> None:
+    dead = make_ledger(owner="gone-host:1:1-a")
     for n in range(20):
         assert dead.claim("alert", T0 + timedelta(minutes=n)) is not None
+    expire_lease(db_url, dead.owner)
     recoverers = [make_ledger(owner=f"r{i}:{i}:0-x") for i in range(3)]
     results = race(len(recoverers), lambda i: recoverers[i].recover_interrupted())
     taken = [r.slot for rs in results for r in rs]  # type: ignore[attr-defined]
@@ -647,7 +665,7 @@ def test_purge_returns_paths_and_removes_mail(ledger: Ledger) -> None:
 # -------------------------------------------------------------- db handling
 
 
-def test_schema_version_and_reopen(db_url: str, tmp_path: Path) -> None:
+def test_schema_version_and_reopen(db_url: str) -> None:
     with Ledger(db_url) as first:
         assert first.schema_version == SCHEMA_VERSION
         run = first.claim("daily", T0)
@@ -655,8 +673,7 @@ def test_schema_version_and_reopen(db_url: str, tmp_path: Path) -> None:
     with Ledger(db_url) as again:
         assert again.get(run.run_id) is not None
         assert again.claim("daily", T0) is None
-    with sqlite3.connect(tmp_path / "ledger.db") as raw:
-        raw.execute("UPDATE notifier_meta SET value = '99' WHERE key = 'schema_version'")
+    run_sql(db_url, "UPDATE notifier_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(LedgerError, match="schema version 99") as info:
         Ledger(db_url)
     assert info.value.fix is not None and "upgrade notifier" in info.value.fix
@@ -721,3 +738,56 @@ def test_progress_run_files_and_pauses(make_ledger: MakeLedger) -> None:
     assert paused[1]["paused_by"] == "me"
     assert other.resume("daily") and not me.resume("daily")
     assert me.paused() == {}
+
+
+# ------------------------------------------------------------ PostgreSQL only
+
+
+def test_postgresql_judges_leases_by_the_servers_clock(postgres_url: str) -> None:
+    """Nodes need no synchronised clocks: a lease runs from the server's now()."""
+    skew = timedelta(minutes=10)
+    behind = Ledger(postgres_url, owner="slow-clock", clock=lambda: datetime.now(UTC) - skew)
+    ahead = Ledger(postgres_url, owner="fast-clock", clock=lambda: datetime.now(UTC) + skew)
+    me = Ledger(postgres_url, owner="judge")
+    try:
+        assert behind.claim("daily", T0) is not None
+        assert ahead.claim("daily", T0 + timedelta(days=1)) is not None
+        (server_now,) = run_sql(postgres_url, "SELECT now()")[0]
+        leases = dict(run_sql(postgres_url, "SELECT node_id, lease_until FROM nodes"))
+        for node in ("slow-clock", "fast-clock"):
+            assert abs(leases[node] - (server_now + timedelta(seconds=60))) < timedelta(seconds=5)
+        assert me.nodes.dead_owners({"slow-clock", "fast-clock"}) == {}
+        assert me.recover_interrupted() == []
+        expire_lease(postgres_url, "fast-clock")  # its own clock says nothing about it
+        assert list(me.nodes.dead_owners({"slow-clock", "fast-clock"})) == ["fast-clock"]
+    finally:
+        for ledger in (behind, ahead, me):
+            ledger.close()
+
+
+def test_read_only_commands_on_an_empty_postgresql_database(postgres_url: str) -> None:
+    from notifier.ledger import NoLedgerYet
+
+    with pytest.raises(NoLedgerYet) as info:
+        Ledger(postgres_url, create=False)
+    assert "no ledger yet" in str(info.value) and info.value.fix
+    assert run_sql(postgres_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [
+        (0,)
+    ]
+
+
+def test_run_files_are_fenced_by_the_attempt(make_ledger: MakeLedger, db_url: str) -> None:
+    stalled, rescuer = make_ledger(owner="stalled"), make_ledger(owner="rescuer")
+    run = stalled.claim("daily", T0)
+    assert run is not None and stalled.mark_running(run.run_id, run.attempt)
+    assert stalled.save_run_file(run.run_id, "worker.log", b"attempt 1", attempt=1)
+    expire_lease(db_url, "stalled")  # paused past its lease: taken over
+    (interrupted,) = rescuer.recover_interrupted()
+    taken = rescuer.reclaim(run.run_id, trigger="retry", attempt=interrupted.attempt)
+    assert taken is not None and taken.attempt == 2
+    assert rescuer.save_run_file(run.run_id, "worker.log", b"attempt 2", attempt=2)
+    # the stalled node wakes up: its late writes are refused
+    assert not stalled.save_run_file(run.run_id, "worker.log", b"late", attempt=1)
+    assert not stalled.save_run_file(run.run_id, "output.html", b"late", attempt=1)
+    assert stalled.run_file(run.run_id, "worker.log") == b"attempt 2"
+    assert stalled.run_file_names(run.run_id) == ["worker.log"]

@@ -1,4 +1,4 @@
-"""The outbound queue in the ledger, on real SQLite files: fencing, content keys, claims,
+"""The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing, content keys, claims,
 the sending mark, answers, dead nodes, expiry, operators' retry and drop, and the upgrade
 of a schema-1 ledger."""
 
@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from ledgers import expire_lease, run_sql
 from queued import message
 
 from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, RecipientStatus
@@ -21,11 +22,6 @@ from notifier.ledger.queue import Answer
 
 UTC = timezone.utc
 T0 = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
 @pytest.fixture
@@ -104,13 +100,12 @@ def test_a_part_shared_by_many_emails_is_stored_once(ledger: Ledger, db_url: str
     messages = [message(f"r{i}@x.org", chart=chart) for i in range(50)]
     messages.append(message("z@x.org", chart=noise))
     ledger.queue.enqueue(run.run_id, 1, ledger.owner, messages)
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-        stored = dict(
-            (size, (compressed, length))
-            for size, compressed, length in raw.execute(
-                "SELECT size, compressed, length(data) FROM message_parts"
-            )
+    stored = {
+        size: (compressed, length)
+        for size, compressed, length in run_sql(
+            db_url, "SELECT size, compressed, length(data) FROM message_parts"
         )
+    }
     assert set(stored) == {len(chart), len(noise)}  # two rows for 51 emails
     assert stored[len(noise)] == (0, len(noise))
     compressed, length = stored[len(chart)]
@@ -175,9 +170,8 @@ def test_sending_mark_and_answers_only_for_the_claimant(
     assert me.queue.next_due() == retry_at
 
 
-def test_rows_of_a_dead_node_are_settled(make_ledger: Callable[..., Ledger]) -> None:
-    clock_of_dead = lambda: datetime.now(UTC) - timedelta(minutes=10)  # noqa: E731
-    dead = make_ledger(owner="dead", clock=clock_of_dead)
+def test_rows_of_a_dead_node_are_settled(make_ledger: Callable[..., Ledger], db_url: str) -> None:
+    dead = make_ledger(owner="dead")
     me = make_ledger(owner="me")
     run = running(dead)
     dead.queue.enqueue(
@@ -193,7 +187,7 @@ def test_rows_of_a_dead_node_are_settled(make_ledger: Callable[..., Ledger]) -> 
     due = dead.queue.claim_due()
     for item in due[:2]:
         assert dead.queue.mark_sending([r.row_id for r in item.recipients])
-    # the dead node's lease ran out long ago (its clock is 10 minutes behind)
+    expire_lease(db_url, "dead")  # it stopped renewing its lease long ago
     settled = me.queue.sweep_dead_claims()
     assert sorted(r.recipient for r in settled) == ["again@x.org", "in-flight@x.org"]
     rows = {r.recipient: r for r in me.queue.rows(run_ids=[run.run_id])}
@@ -280,10 +274,10 @@ INSERT INTO deliveries VALUES (1, 'old-run', 1, '0:abc', '<1@x>', 'a@x.org', 'ac
 """
 
 
-def test_a_schema_1_ledger_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None:
+def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "ledger.db") as raw:
         raw.executescript(SCHEMA_1)
-    with Ledger(db_url) as ledger:
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
         assert ledger.schema_version == SCHEMA_VERSION
         (old,) = ledger.history()
         assert old.run_id == "old-run" and old.status == "succeeded" and old.notebook is None

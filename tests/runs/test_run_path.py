@@ -217,6 +217,19 @@ def test_report_run_succeeds_and_archives(report_run):
     assert {d["purpose"] for d in row["deliveries"]} == {"report"}  # no failure email
 
 
+def test_the_runs_files_are_kept_in_the_ledger_for_every_node(report_run):
+    outcome, _, _ = report_run
+    execution = outcome.execution
+    with Ledger(outcome.ledger_url) as other_node:
+        assert other_node.run_file_names(outcome.run_id) == ["output.html", "worker.log"]
+        html = other_node.run_file(outcome.run_id, "output.html")
+        assert html == execution.output_html.read_bytes() and b"Summary US" in html
+        assert (
+            other_node.run_file(outcome.run_id, "worker.log")
+            == (execution.run_dir / "worker.log").read_bytes()
+        )
+
+
 def test_parameters_and_run_metadata_reach_the_notebook(report_run):
     outcome, transport, _ = report_run
     subjects = [out.subject for out in transport.sent]
@@ -562,6 +575,16 @@ def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
     assert [(d["purpose"], d["recipient"], d["status"]) for d in row["deliveries"]] == [
         ("failure", "ops@example.com", "delivered")
     ]
+    with Ledger(outcome.ledger_url) as other_node:  # what failed, readable on every node
+        assert other_node.run_file_names(outcome.run_id) == [
+            "failure.json",
+            "output.html",
+            "worker.log",
+        ]
+        details = json.loads(other_node.run_file(outcome.run_id, "failure.json"))
+    assert details["error"] == "cell 3 raised ValueError: boom: bad data 42"
+    assert 'raise ValueError("boom: bad data 42")' in details["source"]
+    assert "in load_rows" in details["traceback"]
 
 
 def test_timeout_kills_the_kernel_and_its_children(tmp_path):
@@ -716,6 +739,11 @@ def test_the_password_never_reaches_the_kernel_or_any_file(tmp_path, monkeypatch
     files.append(settings.runs_dir.parent / "ledger.db")
     for path in files:  # ...but the password is nowhere (the ledger included)
         assert PASSWORD.encode() not in path.read_bytes(), path
+    with Ledger(outcome.ledger_url) as ledger:  # not in the compressed run files either
+        names = ledger.run_file_names(outcome.run_id)
+        assert "output.html" in names
+        for name in names:
+            assert PASSWORD.encode() not in ledger.run_file(outcome.run_id, name), name
     assert PASSWORD not in caplog.text
 
 

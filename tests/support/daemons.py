@@ -109,8 +109,12 @@ class Daemon:
 
 @dataclass
 class Project:
+    """A project folder with a notebook and a jobs file; ``db_url`` (default: an SQLite
+    file in the folder) is the ledger every daemon and command of it uses."""
+
     root: Path
     server: SMTPTestServer
+    db_url: str = ""
     tag: str = field(default_factory=lambda: uuid.uuid4().hex)
     daemons: list[Daemon] = field(default_factory=list)
     ledgers: list[Ledger] = field(default_factory=list)
@@ -120,7 +124,7 @@ class Project:
             self.root / "report.ipynb", NOTEBOOK_CELL, parameters=PARAMETERS
         )
         self.jobs = self.root / "jobs.yaml"
-        self.db_url = f"sqlite:///{self.root / 'ledger.db'}"
+        self.db_url = self.db_url or f"sqlite:///{self.root / 'ledger.db'}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
