@@ -31,6 +31,7 @@ import io
 import os
 import shutil
 import smtplib
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -166,16 +167,16 @@ def smtplib_inputs(count: int) -> list[tuple[Email, str]]:
     return [(mail, html_to_text(mail.html or "")) for mail in emails(count)]
 
 
-def smtp_login(smtp: smtplib.SMTP, tls: bool, login: tuple[str, str] | None) -> None:
-    if tls:
-        import ssl
-
-        smtp.starttls(context=ssl._create_unverified_context())  # noqa: S323 - bench CA
+def smtp_login(
+    smtp: smtplib.SMTP, tls: ssl.SSLContext | None, login: tuple[str, str] | None
+) -> None:
+    if tls is not None:
+        smtp.starttls(context=tls)
     if login:
         smtp.login(*login)
 
 
-def run_per_connection(port: int, inputs, tls: bool = False, login=None) -> float:
+def run_per_connection(port: int, inputs, tls: ssl.SSLContext | None = None, login=None) -> float:
     started = time.perf_counter()
     for mail, text in inputs:
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
@@ -184,7 +185,7 @@ def run_per_connection(port: int, inputs, tls: bool = False, login=None) -> floa
     return time.perf_counter() - started
 
 
-def run_reused(port: int, inputs, tls: bool = False, login=None) -> float:
+def run_reused(port: int, inputs, tls: ssl.SSLContext | None = None, login=None) -> float:
     started = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
         smtp_login(smtp, tls, login)
@@ -243,6 +244,7 @@ relayhost =
 default_transport = discard:bench
 relay_transport = discard:bench
 maillog_file = {root}/postfix.log
+maillog_file_prefixes = {root}
 smtpd_tls_cert_file = {root}/cert.pem
 smtpd_tls_key_file = {root}/key.pem
 smtpd_tls_security_level = may
@@ -337,47 +339,58 @@ class RealPostfix:
     def __init__(self, root: Path, port: int) -> None:
         self.root, self.port = root, port
         self.login = ("bench@example.com", "bench-password-123")
+        # a self-signed certificate for 127.0.0.1, trusted by both sides: TLS stays verified
+        self.ca_file = root / "cert.pem"
+        self.tls: ssl.SSLContext | None = None
 
     def __enter__(self) -> RealPostfix:
         root = self.root
+        root.chmod(0o755)  # a TemporaryDirectory is 0700: Postfix's own user must enter it
         for sub in ("spool", "data", "dovecot-run", "config"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=127.0.0.1", "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")],
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")],
             check=True, capture_output=True,
         )  # fmt: skip
+        self.tls = ssl.create_default_context(cafile=str(self.ca_file))
         (root / "config" / "main.cf").write_text(POSTFIX_MAIN.format(root=root))
         (root / "config" / "master.cf").write_text(POSTFIX_MASTER.format(port=self.port))
         (root / "users").write_text(f"{self.login[0]}:{{PLAIN}}{self.login[1]}\n")
         (root / "dovecot.conf").write_text(DOVECOT_CONF.format(root=root))
         shutil.chown(root / "data", "postfix")
-        subprocess.run(
-            ["postfix", "-c", str(root / "config"), "set-permissions"], capture_output=True
-        )
-        subprocess.run(["postfix", "-c", str(root / "config"), "check"], capture_output=True)
-        subprocess.run(
-            ["postfix", "-c", str(root / "config"), "start"], check=True, capture_output=True
-        )
-        (root / "spool" / "private").mkdir(exist_ok=True)
-        subprocess.run(
-            ["dovecot", "-c", str(root / "dovecot.conf")], check=True, capture_output=True
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as smtp:
-                    smtp_login(smtp, True, self.login)
-                return self
-            except (OSError, smtplib.SMTPException):
-                time.sleep(0.3)
+        try:
+            self._start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as smtp:
+                        smtp_login(smtp, self.tls, self.login)
+                    return self
+                except (OSError, smtplib.SMTPException):
+                    time.sleep(0.3)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.__exit__()
         raise RuntimeError(f"Postfix did not come up; see {root}/postfix.log")
 
+    def _command(self, *command: str, check: bool = False) -> None:
+        # daemons keep inherited pipes open: never capture their output, log it to a file
+        with open(self.root / "commands.log", "ab") as log:
+            subprocess.run(command, stdout=log, stderr=log, timeout=60, check=check)
+
+    def _start(self) -> None:
+        config = str(self.root / "config")
+        self._command("postfix", "-c", config, "set-permissions")
+        self._command("postfix", "-c", config, "check")
+        self._command("postfix", "-c", config, "start", check=True)
+        (self.root / "spool" / "private").mkdir(exist_ok=True)
+        self._command("dovecot", "-c", str(self.root / "dovecot.conf"), check=True)
+
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["postfix", "-c", str(self.root / "config"), "stop"], capture_output=True)
-        subprocess.run(
-            ["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"], capture_output=True
-        )
+        self._command("postfix", "-c", str(self.root / "config"), "stop")
+        self._command("doveadm", "-c", str(self.root / "dovecot.conf"), "stop")
         pid = self.root / "dovecot-run" / "master.pid"
         if pid.is_file():
             subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
@@ -508,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 def real_postfix(n: int, slow: int, conns: int, port: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, RealPostfix(Path(tmp), port) as postfix:
         tls_inputs = smtplib_inputs(n)
-        extra = {"user": postfix.login[0], "password": postfix.login[1], "verify": False}
+        extra = {"user": postfix.login[0], "password": postfix.login[1], "ca_file": postfix.ca_file}
         from notifier.settings import Secret
 
         extra["password"] = Secret(extra["password"])
@@ -519,11 +532,11 @@ def real_postfix(n: int, slow: int, conns: int, port: int) -> None:
             ),
             "smtplib, new connection per message": (
                 slow,
-                run_per_connection(postfix.port, tls_inputs[:slow], True, postfix.login),
+                run_per_connection(postfix.port, tls_inputs[:slow], postfix.tls, postfix.login),
             ),
             "smtplib, one reused connection": (
                 n,
-                run_reused(postfix.port, tls_inputs, True, postfix.login),
+                run_reused(postfix.port, tls_inputs, postfix.tls, postfix.login),
             ),
         }
         show("real Postfix (STARTTLS + SASL AUTH via Dovecot, discard transport) on loopback:", rows, [
