@@ -3,8 +3,11 @@
 A run's emails are stored here *before* anything is sent, in one transaction that also
 moves the run to ``delivering``, fenced by the run's owner and attempt. Each email is
 keyed by its content identity within the run (``email_key``), so planning the same
-emails again (a re-attempt, in any order) adds nothing. Parts (charts, attachments) are
-stored once per sha256, compressed when that helps.
+emails again (a re-attempt, in any order) adds nothing. A recipient gets an email of a
+key at most once, and recipients are only ever added to a message that says the same
+thing (``content_sha``): planned again with other content, a key's new recipients get a
+message of their own (``<key>#<content>``), never someone else's. Parts (charts,
+attachments) are stored once per sha256, compressed when that helps.
 
 Delivery is a sequence of compare-and-set steps on each recipient row, so that several
 workers and nodes can share the queue and no recipient is mailed twice:
@@ -78,6 +81,8 @@ class NewMessage:
     expires_at: datetime
     transport: str = "default"
     on_unknown: str = "skip"
+    # what the email says (planning's content_sha); "" when unknown (matches only "")
+    content_sha: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,40 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_REPLY else text[: MAX_REPLY - 1] + "…"
 
 
+_VARIANT = "#"  # <key>#<content>: a key planned again with other content (never in a key)
+
+
+@dataclass
+class _Family:
+    """The stored messages of one key in a run (the key itself and its content variants)."""
+
+    messages: list[tuple[int, str, str | None]] = field(default_factory=list)  # pk, key, sha
+    recipients: set[str] | None = None  # lower-cased, loaded when first needed
+
+
+class _RunKeys:
+    """The run's stored message keys, read once per transaction, by base key."""
+
+    def __init__(self, conn: Connection, run_id: str) -> None:
+        self.families: dict[str, _Family] = {}
+        rows = conn.execute(
+            select(
+                messages_table.c.id, messages_table.c.email_key, messages_table.c.content_sha
+            ).where(messages_table.c.run_id == run_id)
+        )
+        for pk, key, sha in rows:
+            self.add(pk, key, sha)
+
+    def add(self, pk: int, key: str, sha: str | None) -> None:
+        base = key.split(_VARIANT, 1)[0]
+        self.families.setdefault(base, _Family()).messages.append((pk, key, sha))
+
+
+def _variant(message: NewMessage) -> str:
+    """The key of ``message`` when its key was already stored with other content."""
+    return f"{message.email_key}{_VARIANT}{message.content_sha[:16] or 'unknown'}"
+
+
 class OutboundQueue:
     """The queue tables of one ledger database; see the module docstring."""
 
@@ -206,6 +245,7 @@ class OutboundQueue:
             ).first()
             if run is None or run.owner != owner or run.attempt != attempt:
                 raise Fenced(f"run {run_id} is no longer held by {owner} at attempt {attempt}")
+            keys = _RunKeys(conn, run_id)
             if deliver is not None:
                 if run.status not in [s.value for s in (*ACTIVE_RUN, RunStatus.INTERRUPTED)]:
                     raise Fenced(f"run {run_id} is {run.status}, not running")
@@ -217,7 +257,7 @@ class OutboundQueue:
             now = self.db.now()
             stored: set[str] = set()  # parts written in this transaction (a shared chart)
             for message in messages:
-                added += self._store(conn, run_id, message, now, stored)
+                added += self._store(conn, run_id, message, now, stored, keys)
         return added
 
     def add(self, run_id: str, messages: Iterable[NewMessage]) -> int:
@@ -228,9 +268,23 @@ class OutboundQueue:
         with self.db.tx(write=True) as conn:
             now = self.db.now()
             stored: set[str] = set()
+            keys = _RunKeys(conn, run_id)
             for message in messages:
-                added += self._store(conn, run_id, message, now, stored)
+                added += self._store(conn, run_id, message, now, stored, keys)
         return added
+
+    def _family_recipients(self, conn: Connection, family: _Family) -> set[str]:
+        if family.recipients is None:
+            pks = [pk for pk, _, _ in family.messages]
+            family.recipients = {
+                address.lower()
+                for address in conn.execute(
+                    select(recipients_table.c.recipient).where(
+                        recipients_table.c.message_pk.in_(pks)
+                    )
+                ).scalars()
+            }
+        return family.recipients
 
     def _store(
         self,
@@ -238,19 +292,40 @@ class OutboundQueue:
         run_id: str,
         message: NewMessage,
         now: datetime,
-        stored: set[str] | None = None,
+        stored: set[str],
+        keys: _RunKeys,
     ) -> int:
+        """Store one message; returns the recipient rows added.
+
+        A recipient the run already has under this key (in any content) is never added
+        again; the others join the stored message that says the same thing, or a new one:
+        the key itself the first time, ``<key>#<content>`` when the key was stored with
+        other content (a re-attempt whose notebook changed it, two emails given one key).
+        """
         if message.purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}; got {message.purpose!r}")
-        if stored is None:
-            stored = set()
+        if _VARIANT in message.email_key:
+            raise ValueError(f"an email key cannot contain {_VARIANT!r}: {message.email_key!r}")
+        family = keys.families.get(message.email_key)
+        addresses = list(dict.fromkeys(message.recipients))
+        if family is not None:
+            have = self._family_recipients(conn, family)
+            addresses = [a for a in addresses if a.lower() not in have]
+            if not addresses:
+                return 0
+            same = [
+                (pk, key) for pk, key, sha in family.messages if (sha or "") == message.content_sha
+            ]
+            key = same[0][1] if same else _variant(message)
+        else:
+            key = message.email_key
         # a part shared by many emails of the run is written (or touched) once per transaction
         self._store_parts(conn, {k: v for k, v in message.parts.items() if k not in stored}, now)
         stored.update(message.parts)
         conn.execute(
             _insert_ignoring_duplicates(conn, messages_table).values(
                 run_id=run_id,
-                email_key=message.email_key,
+                email_key=key,
                 purpose=message.purpose,
                 message_id=message.message_id,
                 subject=message.subject,
@@ -259,16 +334,23 @@ class OutboundQueue:
                 spec=encode_spec(message.spec),
                 transport=message.transport,
                 on_unknown=message.on_unknown,
+                content_sha=message.content_sha or None,
                 created_at=now,
                 expires_at=as_utc(message.expires_at, "expires_at"),
             )
         )
-        message_pk = conn.execute(
-            select(messages_table.c.id).where(
+        message_pk, stored_sha = conn.execute(
+            select(messages_table.c.id, messages_table.c.content_sha).where(
                 messages_table.c.run_id == run_id,
-                messages_table.c.email_key == message.email_key,
+                messages_table.c.email_key == key,
             )
-        ).scalar_one()
+        ).one()
+        if (stored_sha or "") != message.content_sha:
+            # only when another transaction stored this key meanwhile (unfenced notices)
+            return 0
+        if family is None or all(pk != message_pk for pk, _, _ in family.messages):
+            keys.add(message_pk, key, stored_sha)
+            family = keys.families[message.email_key]
         if message.parts:
             conn.execute(
                 _insert_ignoring_duplicates(conn, part_links_table),
@@ -285,7 +367,7 @@ class OutboundQueue:
                 "reply": "",
                 "updated_at": now,
             }
-            for address in dict.fromkeys(message.recipients)
+            for address in addresses
         ]
         if not rows:
             return 0
@@ -295,6 +377,8 @@ class OutboundQueue:
             _insert_ignoring_duplicates(conn, recipients_table).returning(recipients_table.c.id),
             rows,
         )
+        if family.recipients is not None:
+            family.recipients.update(a.lower() for a in addresses)
         return len(inserted.all())
 
     def _store_parts(self, conn: Connection, parts: dict[str, bytes], now: datetime) -> None:

@@ -1,6 +1,7 @@
-"""The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing, content keys, claims,
-the sending mark, answers, dead nodes, expiry, operators' retry and drop, and the upgrade
-of a schema-1 ledger."""
+"""The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing,
+content keys (a key planned again with other content never gains recipients), claims, the
+sending mark, answers, dead nodes, expiry, operators' retry and drop, and the upgrade of
+a schema-1 ledger."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import random
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledgers import expire_lease, run_sql
@@ -91,6 +94,40 @@ def test_the_same_emails_in_another_order_add_nothing(ledger: Ledger) -> None:
     assert ledger.queue.enqueue(run.run_id, 1, ledger.owner, grown) == 1
     assert len(ledger.queue.messages_of(run.run_id)) == 2
     assert sorted(statuses(ledger, run.run_id)) == ["a@x.org", "b@x.org", "c@x.org"]
+
+
+def test_a_key_planned_again_with_other_content_never_gains_recipients(ledger: Ledger) -> None:
+    run = running(ledger)
+
+    def planned(*recipients: str, content: str) -> Any:
+        made = message(*recipients, key="k:north")
+        return replace(made, content_sha=content * 64, spec={**made.spec, "subject": content})
+
+    def enqueue(*messages: Any) -> int:
+        return ledger.queue.enqueue(run.run_id, 1, ledger.owner, list(messages))
+
+    assert enqueue(planned("a@x.org", content="A")) == 1
+    assert enqueue(planned("a@x.org", content="A")) == 0  # a re-attempt: the same email
+    assert enqueue(planned("a@x.org", "b@x.org", content="A")) == 1  # a Bcc added: joins it
+    # Other content under the key: a and b have the key's email already (never twice); c
+    # gets the new content in a message of its own, never the one a and b got.
+    assert enqueue(planned("a@x.org", "c@x.org", content="B")) == 1
+    assert enqueue(planned("c@x.org", content="B"), planned("b@x.org", content="B")) == 0
+    rows = {r.recipient: r for r in ledger.queue.rows(run_ids=[run.run_id])}
+    assert rows["a@x.org"].message_pk == rows["b@x.org"].message_pk != rows["c@x.org"].message_pk
+    assert (rows["a@x.org"].email_key, rows["c@x.org"].email_key) == (
+        "k:north",
+        "k:north#" + "B" * 16,
+    )
+    other = ledger.queue.message(rows["c@x.org"].message_pk)
+    assert other is not None and other.spec["subject"] == "B"
+    # two emails with one key in one batch (planning refuses them; the queue never merges)
+    assert enqueue(replace(planned("d@x.org", content="C"), email_key="k:south"),
+                   replace(planned("e@x.org", content="D"), email_key="k:south")) == 2  # fmt: skip
+    south = [
+        r for r in ledger.queue.rows(run_ids=[run.run_id]) if r.recipient in {"d@x.org", "e@x.org"}
+    ]
+    assert len({r.message_pk for r in south}) == 2
 
 
 def test_a_part_shared_by_many_emails_is_stored_once(ledger: Ledger, db_url: str) -> None:

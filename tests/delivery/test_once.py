@@ -1,0 +1,144 @@
+"""Once, and never stuck, against a real SMTP server (or the outbox) and a real SQLite ledger:
+keys that differ only in characters a stored key cannot keep stay two emails, and two emails of
+one run with the same key are refused."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtp_server import SMTPTestServer, settings_for
+
+from notebooks import write_notebook
+from notifier.delivery.backoff import Backoff
+from notifier.delivery.planning import plan_email
+from notifier.delivery.worker import Deliverer, default_transports
+from notifier.ledger import Ledger
+from notifier.ledger.queue import NewMessage, QueueRow
+from notifier.mail.model import Email
+from notifier.mail.transport.memory import MemoryTransport
+from notifier.runs.path import RunPath, adhoc_job
+from notifier.settings import Settings
+
+UTC = timezone.utc
+SLOT = datetime(2024, 5, 6, 8, 0, tzinfo=UTC)
+
+
+class Mailroom:
+    """A ledger with one running run of job 'statements' and a deliverer for ``settings``."""
+
+    def __init__(self, root: Path, settings: Settings, **options: Any) -> None:
+        self.settings = settings.with_overrides(
+            outbox_dir=options.pop("outbox_dir", root / "outbox"), runs_dir=root / "runs"
+        )
+        self.url = f"sqlite:///{root / 'ledger.db'}"
+        self.ledger = Ledger(self.url)
+        options.setdefault("backoff", Backoff(0.3, 0.6))
+        self.deliverer = Deliverer(
+            self.ledger, self.settings, default_transports(self.settings), **options
+        )
+        run = self.ledger.claim("statements", SLOT, failure_recipients=["ops@example.com"])
+        assert run is not None and self.ledger.mark_running(run.run_id, run.attempt)
+        self.run = run
+
+    def plan(self, mail: Email, **options: Any) -> NewMessage:
+        values: dict[str, Any] = {
+            "purpose": "report",
+            "default_sender": "reports@example.com",
+            "max_size": None,
+            "expires_at": datetime.now(UTC) + timedelta(hours=1),
+        }
+        return plan_email(mail, **(values | options))
+
+    def enqueue(self, *messages: NewMessage | Email) -> None:
+        planned = [m if isinstance(m, NewMessage) else self.plan(m) for m in messages]
+        self.ledger.queue.enqueue(
+            self.run.run_id, self.run.attempt, self.ledger.owner, planned, deliver={}
+        )
+
+    def rows(self) -> dict[str, QueueRow]:
+        rows = self.ledger.queue.rows(run_ids=[self.run.run_id])
+        return {f"{r.purpose}:{r.recipient}": r for r in rows}
+
+    def status(self) -> str:
+        stored = self.ledger.get(self.run.run_id)
+        assert stored is not None
+        return stored.status
+
+
+@pytest.fixture
+def mailroom(tmp_path: Path) -> Iterator[Callable[..., Mailroom]]:
+    made: list[Mailroom] = []
+
+    def make(settings: Settings, **options: Any) -> Mailroom:
+        made.append(Mailroom(tmp_path, settings, **options))
+        return made[-1]
+
+    yield make
+    for room in made:
+        room.ledger.close()
+
+
+def report(to: str, subject: str = "Daily report") -> Email:
+    return Email(subject=subject, to=[to], html="<p>numbers</p>")
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def statement(name: str, address: str) -> Email:
+    return Email(
+        subject=f"Statement for {name}",
+        to=[address],
+        html=f"<p>Dear {name}, your balance is private.</p>",
+        key=f"customer-{name}",
+    )
+
+
+def test_keys_that_differ_only_in_characters_a_key_cannot_keep_stay_two_emails(
+    smtp_server: SMTPTestServer, mailroom: Callable[..., Mailroom]
+) -> None:
+    room = mailroom(settings_for(smtp_server))
+    room.enqueue(
+        statement("Jürgen", "jurgen@example.com"), statement("Jörgen", "jorgen@example.com")
+    )
+    room.deliverer.deliver()
+    by_recipients = {tuple(m.rcpt_tos): m for m in smtp_server.messages}
+    assert sorted(by_recipients) == [("jorgen@example.com",), ("jurgen@example.com",)]
+    body = by_recipients[("jorgen@example.com",)].message.get_body(("html",)).get_content()
+    assert "Dear Jörgen" in body and "Jürgen" not in body
+    assert room.status() == "succeeded"
+    # the stored keys stay readable and tell the two apart
+    keys = {row.email_key for row in room.rows().values()}
+    assert len(keys) == 2 and all(k.startswith("k:customer-J-rgen~") for k in keys)
+
+
+def test_two_emails_of_one_run_with_the_same_key_fail_the_run_with_both_subjects(
+    tmp_path: Path,
+) -> None:
+    notebook = write_notebook(
+        tmp_path / "statements.ipynb",
+        """
+        from notifier import report
+        report.email("Statement for Ann", to="ann@example.com", key="customer").text("A")
+        report.email("Statement for Bob", to="bob@example.com", key="customer").text("B")
+        """,
+    )
+    transport = MemoryTransport()
+    settings = Settings(outbox_dir=tmp_path / "outbox", runs_dir=tmp_path / "runs")
+    job = adhoc_job(notebook, name="statements", to=["boss@example.com"])
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        result = RunPath(settings, ledger, transports=lambda _kind: transport).run_now(job)
+    assert result.run.status == "failed"
+    error = result.run.error or ""
+    assert "same key 'customer'" in error, error
+    assert "'Statement for Ann' and 'Statement for Bob'" in error, error
+    # neither statement went out (nobody got the other's); the failure recipients heard why
+    assert [m.recipients for m in transport.sent] == [("boss@example.com",)]
+    failure = email.message_from_bytes(transport.sent[0].data, policy=email.policy.default)
+    assert "give each email its own key" in failure.get_body(("html",)).get_content()
