@@ -205,6 +205,10 @@ def _variant(message: NewMessage) -> str:
     return f"{message.email_key}{_VARIANT}{message.content_sha[:16] or 'unknown'}"
 
 
+# a run whose emails are queued (an enqueue's retry after a lost COMMIT answer finds this)
+_QUEUED_RUN = (RunStatus.DELIVERING.value, RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)
+
+
 class OutboundQueue:
     """The queue tables of one ledger database; see the module docstring."""
 
@@ -236,6 +240,7 @@ class OutboundQueue:
         alert_key, notes), the run moves from running to ``delivering`` in the same
         transaction.
         """
+        messages = list(messages)
         added = 0
         with self.db.tx(write=True) as conn:
             run = conn.execute(
@@ -248,6 +253,10 @@ class OutboundQueue:
             keys = _RunKeys(conn, run_id)
             if deliver is not None:
                 if run.status not in [s.value for s in (*ACTIVE_RUN, RunStatus.INTERRUPTED)]:
+                    if run.status in _QUEUED_RUN and self._all_stored(conn, keys, messages):
+                        # this very enqueue committed but its answer was lost (a dropped
+                        # connection at COMMIT): the retry finds its own work, done
+                        return 0
                     raise Fenced(f"run {run_id} is {run.status}, not running")
                 values = {"status": RunStatus.DELIVERING.value}
                 values.update({k: v for k, v in deliver.items() if v is not None})
@@ -259,6 +268,22 @@ class OutboundQueue:
             for message in messages:
                 added += self._store(conn, run_id, message, now, stored, keys)
         return added
+
+    def _all_stored(self, conn: Connection, keys: _RunKeys, messages: list[NewMessage]) -> bool:
+        """Are all ``messages``, with all their recipients, in the run already (same content)?"""
+        if not messages:
+            return False
+        for message in messages:
+            family = keys.families.get(message.email_key.split(_VARIANT, 1)[0])
+            if family is None or not any(
+                key in (message.email_key, _variant(message)) and (sha or "") == message.content_sha
+                for _, key, sha in family.messages
+            ):
+                return False
+            have = self._family_recipients(conn, family)
+            if any(address.lower() not in have for address in message.recipients):
+                return False
+        return True
 
     def add(self, run_id: str, messages: Iterable[NewMessage]) -> int:
         """Store messages for a run without fencing (notices about a run's delivery, written

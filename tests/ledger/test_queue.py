@@ -1,7 +1,7 @@
 """The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing,
 content keys (a key planned again with other content never gains recipients), claims, the
-sending mark, answers, dead nodes, expiry, operators' retry and drop, and the upgrade of
-a schema-1 ledger."""
+sending mark, answers, dead nodes, expiry, operators' retry and drop, an enqueue whose
+COMMIT answer was lost, and the upgrade of a schema-1 ledger."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from ledgers import expire_lease, run_sql
 from queued import message
+from sqlalchemy import event
 
-from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, RecipientStatus
+from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, LedgerError, RecipientStatus
 from notifier.ledger.queries import run_rows
 from notifier.ledger.queue import Answer
 
@@ -128,6 +129,52 @@ def test_a_key_planned_again_with_other_content_never_gains_recipients(ledger: L
         r for r in ledger.queue.rows(run_ids=[run.run_id]) if r.recipient in {"d@x.org", "e@x.org"}
     ]
     assert len({r.message_pk for r in south}) == 2
+
+
+def test_an_enqueue_tried_again_after_it_committed_finds_its_own_work(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    me = make_ledger(owner="me")
+    run = running(me)
+    planned = [message("a@x.org", key="k:1"), message("b@x.org", key="k:2")]
+    assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 2
+    # the same call again (its first answer was lost): done, not fenced
+    assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 0
+    stored = me.get(run.run_id)
+    assert stored is not None and stored.status == "delivering"
+    assert statuses(me, run.run_id) == {"a@x.org": "queued", "b@x.org": "queued"}
+    # other emails, another owner or attempt: still fenced
+    with pytest.raises(Fenced):
+        me.queue.enqueue(run.run_id, 1, me.owner, [message("c@x.org", key="k:3")], deliver={})
+    with pytest.raises(Fenced):
+        me.queue.enqueue(run.run_id, 2, me.owner, planned, deliver={})
+
+
+def test_an_enqueue_whose_commit_answer_was_lost_is_done_when_tried_again(
+    postgres_url: str,
+) -> None:
+    with Ledger(postgres_url, owner="me") as me:
+        run = running(me)
+        planned = [message("a@x.org", key="k:1"), message("b@x.org", key="k:2")]
+        lost: list[bool] = []
+
+        def lose_the_answer(conn: Any) -> None:
+            # the server commits, then the connection drops before the client hears it
+            if not lost:
+                lost.append(True)
+                raw = conn.connection.dbapi_connection
+                raw.commit()
+                raw.close()
+
+        event.listen(me.db.engine, "commit", lose_the_answer)
+        with pytest.raises(LedgerError):
+            me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"})
+        event.remove(me.db.engine, "commit", lose_the_answer)
+        assert lost and statuses(me, run.run_id) == {"a@x.org": "queued", "b@x.org": "queued"}
+        # the run path's patience calls it again: its own completed work, not a takeover
+        assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 0
+        stored = me.get(run.run_id)
+        assert stored is not None and stored.status == "delivering"
 
 
 def test_a_part_shared_by_many_emails_is_stored_once(ledger: Ledger, db_url: str) -> None:
