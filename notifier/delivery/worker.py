@@ -12,6 +12,12 @@ after an exponential backoff; permanent ones (5xx, a message the server can neve
 ``refused``; a link lost after the final dot ``unknown`` (not sent again unless the job
 says ``on_unknown: resend``). Past its lifetime a message ``expires``.
 
+A pass claims under tokens of its own (one per claim) and keeps those claims alive while
+its messages wait for a session (:class:`_ClaimKeeper`), so another pass of the same node
+(the daemon's delivery service next to a run) never takes a message this pass still
+holds; and a message's rows are marked ``sending`` only by the claim that took them, so
+even a claim that ran out cannot make two passes send the same email.
+
 A ledger write that fails (a locked SQLite file, a database restart) never aborts the
 pass: the answer is kept in memory and the write retried until it succeeds. If the
 process dies first, the rows stay ``sending`` and are reported as "outcome unknown",
@@ -37,7 +43,14 @@ from notifier.delivery.notices import delivery_problems_email, one_line
 from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
 from notifier.errors import MessageError
 from notifier.ledger import Ledger, LedgerError, Run
-from notifier.ledger.queue import Answer, DueMessage, QueueRow
+from notifier.ledger.queue import (
+    CLAIM_SECONDS,
+    Answer,
+    DueMessage,
+    OutboundQueue,
+    QueueRow,
+    new_claim,
+)
 from notifier.ledger.retry import Patience
 from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
 from notifier.mail.transport.base import DataRefused, SendResult, Session, Transport
@@ -78,7 +91,8 @@ class Deliverer:
     """Sends due queue entries through transports; safe to use from several threads.
 
     ``transports(kind)`` returns a fresh transport for ``"default"`` (the configured
-    server, or the outbox when none is set) or ``"outbox"`` (dry runs).
+    server, or the outbox when none is set) or ``"outbox"`` (dry runs). ``claim_seconds``:
+    how long a claim lasts unless renewed (renewed every quarter of it while a pass runs).
     """
 
     def __init__(
@@ -90,6 +104,7 @@ class Deliverer:
         stopping: threading.Event | None = None,
         backoff: Backoff | None = None,
         notify: bool = True,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.queue = ledger.queue
@@ -99,6 +114,7 @@ class Deliverer:
         self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
         self._patience = Patience(log, stopping=self.stopping, grace=settings.shutdown_grace)
         self.notify = notify  # False: settle runs without mailing their problems
+        self.claim_seconds = claim_seconds
 
     # ------------------------------------------------------------------ passes
 
@@ -121,20 +137,26 @@ class Deliverer:
         """
         runs: set[str] = set()
         lanes: dict[str, _Lane] = {}
+        this_pass = new_claim()
+        keeper = _ClaimKeeper(self.queue, f"{this_pass}.", self.claim_seconds)
         try:
-            for _ in range(max_passes):
+            for number in range(max_passes):
                 if self.stopping.is_set():
                     break
                 due = self._patience.call(
-                    lambda: self.queue.claim_due(
+                    lambda claim=f"{this_pass}.{number}": self.queue.claim_due(
                         limit=limit,
                         run_id=run_id,
                         message_pks=message_pks,
                         settled_for=settled_for,
+                        claim=claim,
+                        claim_seconds=self.claim_seconds,
                     ),
                     "claiming due mail",
                     give_up=[],
                 )
+                if due:
+                    keeper.start()
                 if not due:
                     # mail still on the wire may come back due at once (on_unknown: resend)
                     if not any(lane.busy() for lane in lanes.values()):
@@ -151,6 +173,7 @@ class Deliverer:
         finally:
             for lane in lanes.values():
                 lane.close()
+            keeper.stop()
         self.settle(runs)
         return [outcome for lane in lanes.values() for outcome in lane.outcomes]
 
@@ -172,6 +195,8 @@ class Deliverer:
     def _send_one(
         self, session: Session, kind: str, message: DueMessage, parts: dict[str, bytes]
     ) -> list[Outcome]:
+        handed = _Handed()  # whether the rows are marked sending (the server may have it)
+        claim = message.claim or None
         now = self.ledger.db.now()
         rows = message.recipients
         if now >= message.expires_at:
@@ -202,19 +227,27 @@ class Deliverer:
             )
         ids = [r.row_id for r in rows]
 
+        def unmark() -> None:
+            self._patience.call(
+                lambda: self.queue.unmark_sending(ids, claim=claim),
+                "undoing a mark",
+                give_up=None,
+            )
+
         def before_data() -> bool:
             # the server said 354: mark the rows before the message itself goes out
             marked = self._patience.call(
-                lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
+                lambda: self.queue.mark_sending(ids, claim=claim),
+                "marking mail as sending",
+                give_up=set(),
             )
             if marked == set(ids):
+                handed.marked = True
                 return True
-            if marked:  # another node took some rows meanwhile: send nothing, undo the mark
-                self._patience.call(
-                    lambda: self.queue.unmark_sending(sorted(marked)),
-                    "undoing a mark",
-                    give_up=None,
-                )
+            # Another claim took some rows meanwhile, or they were already sending (a mark
+            # whose answer was lost): send nothing, and give back what this claim marked
+            # (the server does not have the message).
+            unmark()
             return False
 
         try:
@@ -227,6 +260,10 @@ class Deliverer:
                 smaller = outgoing_from(
                     message, parts, [r.address for r in rows], attachments=False
                 )
+                if handed.marked:
+                    # refused for good, so not delivered: the smaller one is marked anew
+                    unmark()
+                    handed.marked = False
                 result = session.send(smaller, before_data)
         except DataRefused:
             # another node took the rows (or the ledger is gone while stopping): not sent
@@ -351,7 +388,7 @@ class Deliverer:
         # Never give up on a write while running: the process keeps the answer until the
         # ledger takes it (a lost answer would make the row "outcome unknown").
         self._patience.call(
-            lambda: self.queue.record(answers),
+            lambda: self.queue.record(answers, claim=message.claim or None),
             "recording delivery results",
             give_up=set(),
             wait=True,
@@ -394,11 +431,14 @@ class Deliverer:
             log.error("%s: %s: %s", what, outcome.status.value, outcome.reply)
 
     def _release(self, messages: list[DueMessage]) -> None:
-        ids = [r.row_id for m in messages for r in m.recipients]
-        try:
-            self.queue.release(ids)
-        except LedgerError as error:  # the claims run out by themselves
-            log.warning("could not release %d queued row(s): %s", len(ids), error)
+        claims: dict[str, list[int]] = {}
+        for message in messages:
+            claims.setdefault(message.claim, []).extend(r.row_id for r in message.recipients)
+        for claim, ids in claims.items():
+            try:
+                self.queue.release(ids, claim=claim or None)
+            except LedgerError as error:  # the claims run out by themselves
+                log.warning("could not release %d queued row(s): %s", len(ids), error)
 
     # -------------------------------------------------------------- settling
 
@@ -609,6 +649,51 @@ class _Lane:
                 with self._cond:
                     self._healthy -= 1
                     self._cond.notify_all()
+
+
+@dataclass
+class _Handed:
+    """Whether a message's rows are marked ``sending`` (the server may have it)."""
+
+    marked: bool = False
+
+
+class _ClaimKeeper:
+    """Keeps a delivery pass's claims alive while their messages wait for a session.
+
+    A pass claims up to ``limit`` messages at a time and a slow server (or a low
+    ``SMTP_RATE_PER_MINUTE``) can take longer than a claim lasts to get through them: the
+    waiting ones are renewed every quarter of ``claim_seconds``. If a renewal fails, the
+    claim may run out and another pass take the message; this pass's mark is then refused
+    and it does not send it (never twice).
+    """
+
+    def __init__(self, queue: OutboundQueue, prefix: str, claim_seconds: float) -> None:
+        self.queue = queue
+        self.prefix = prefix
+        self.claim_seconds = claim_seconds
+        self.interval = max(claim_seconds / 4, 0.05)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start renewing (once; later calls do nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="deliver-claims", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing (the pass is over: its rows are answered or released)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.queue.renew_claims(self.prefix, self.claim_seconds)
+            except LedgerError as error:
+                log.debug("could not renew this pass's claims: %s", error)
 
 
 def default_transports(settings: Settings) -> TransportFactory:

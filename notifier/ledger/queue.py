@@ -13,9 +13,12 @@ Delivery is a sequence of compare-and-set steps on each recipient row, so that s
 workers and nodes can share the queue and no recipient is mailed twice:
 
 1. :meth:`OutboundQueue.claim_due` takes due rows (``queued``/``deferred``, next attempt
-   reached) for this node for a while (``claimed_by``/``claimed_until``);
-2. :meth:`OutboundQueue.mark_sending` marks a message's rows ``sending`` just before its
-   SMTP transaction; a row found ``sending`` whose node died has an unknown outcome;
+   reached) for this node for a while (``claimed_by``/``claimed_until``), under a token
+   of this claim (``claim_token``): two delivery passes of one node never share a claim.
+   A pass keeps its claims alive while their messages wait (:meth:`renew_claims`);
+2. :meth:`OutboundQueue.mark_sending` moves a message's rows from waiting to ``sending``
+   under that claim just before its SMTP transaction (a row already ``sending`` is
+   never marked twice); a row found ``sending`` whose node died has an unknown outcome;
 3. :meth:`OutboundQueue.record` stores the answer (``delivered``, ``refused``,
    ``deferred`` with the next attempt, ``unknown``) and appends it to the delivery log.
 """
@@ -23,6 +26,7 @@ workers and nodes can share the queue and no recipient is mailed twice:
 from __future__ import annotations
 
 import json
+import secrets
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -111,6 +115,7 @@ class DueMessage:
     on_unknown: str
     expires_at: datetime
     recipients: list[QueuedRecipient] = field(default_factory=list)
+    claim: str = ""  # the claim token the rows were taken under ("" for a message read)
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,22 @@ def _insert_ignoring_duplicates(conn: Connection, table: Any) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
+def _rows_in(row_ids: Sequence[int]) -> Any:
+    """``recipients.id IN (...)``."""
+    return recipients_table.c.id.in_(list(row_ids))
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_REPLY else text[: MAX_REPLY - 1] + "…"
 
 
+def new_claim() -> str:
+    """A fresh claim token (a delivery pass makes its claims' tokens from one of these)."""
+    return secrets.token_hex(8)
+
+
 _VARIANT = "#"  # <key>#<content>: a key planned again with other content (never in a key)
+_UNCLAIMED = {"claimed_by": None, "claimed_until": None, "claim_token": None}
 
 
 @dataclass
@@ -474,16 +490,20 @@ class OutboundQueue:
         message_pks: Sequence[int] | None = None,
         claim_seconds: float = CLAIM_SECONDS,
         settled_for: float = 0.0,
+        claim: str | None = None,
     ) -> list[DueMessage]:
         """Claim due recipient rows (up to ``limit`` messages) for this node.
 
-        Due: ``queued`` or ``deferred`` with the next attempt reached, not claimed by a
-        live claim of another node. Whole messages are claimed (all their due rows), so
-        one SMTP transaction serves all their recipients. ``settled_for``: leave alone
-        rows changed in the last that many seconds (the background service leaves fresh
-        mail to the run that just queued it).
+        Due: ``queued`` or ``deferred`` with the next attempt reached, not under a live
+        claim (of another node, or of another pass of this one). Whole messages are claimed
+        (all their due rows), so one SMTP transaction serves all their recipients.
+        ``settled_for``: leave alone rows changed in the last that many seconds (the
+        background service leaves fresh mail to the run that just queued it). ``claim``:
+        the token of this claim (a fresh one by default), in each message's ``claim``;
+        the claim lasts ``claim_seconds`` unless :meth:`renew_claims` extends it.
         """
         self.nodes.ensure_registered()
+        claim = claim or new_claim()
         r = recipients_table
         with self.db.tx(write=True) as conn:
             now = self.db.db_now(conn)
@@ -507,7 +527,9 @@ class OutboundQueue:
                 update(r)
                 .where(due, r.c.message_pk.in_(pks))
                 .values(
-                    claimed_by=self.node_id, claimed_until=now + timedelta(seconds=claim_seconds)
+                    claimed_by=self.node_id,
+                    claimed_until=now + timedelta(seconds=claim_seconds),
+                    claim_token=claim,
                 )
             )
             rows = conn.execute(
@@ -516,6 +538,7 @@ class OutboundQueue:
                 .where(
                     r.c.message_pk.in_(pks),
                     r.c.claimed_by == self.node_id,
+                    r.c.claim_token == claim,
                     r.c.status.in_([s.value for s in WAITING]),
                 )
                 .order_by(r.c.message_pk, r.c.id)
@@ -537,59 +560,79 @@ class OutboundQueue:
                         transport=row["transport"],
                         on_unknown=row["on_unknown"],
                         expires_at=row["expires_at"],
+                        claim=claim,
                     )
                 messages[pk].recipients.append(
                     QueuedRecipient(row["id"], row["recipient"], row["attempts"])
                 )
         return [messages[pk] for pk in pks if pk in messages]
 
-    def mark_sending(self, row_ids: Sequence[int]) -> set[int]:
-        """Mark claimed rows ``sending`` (just before their SMTP transaction).
+    def _held(self, row_ids: Sequence[int], claim: str | None) -> list[Any]:
+        """WHERE clauses: these rows, held by this node (under ``claim`` when given)."""
+        clauses = [_rows_in(row_ids), recipients_table.c.claimed_by == self.node_id]
+        if claim is not None:
+            clauses.append(recipients_table.c.claim_token == claim)
+        return clauses
 
-        Returns the rows marked: a row another node claimed meanwhile is left out.
+    def mark_sending(self, row_ids: Sequence[int], *, claim: str | None = None) -> set[int]:
+        """Move claimed rows from waiting to ``sending`` (just before their SMTP transaction).
+
+        Returns the rows this call moved: a row another claim took meanwhile, or one
+        already ``sending`` (another pass is sending it, or a mark whose answer was lost)
+        is left out, so a message is marked once and sent once. ``claim``: only rows held
+        under that claim token (delivery passes always give it).
         """
         if not row_ids:
             return set()
         r = recipients_table
         with self.db.tx(write=True) as conn:
-            now = self.db.now()
-            mine = (
-                r.c.id.in_(list(row_ids)),
-                r.c.claimed_by == self.node_id,
-                r.c.status.in_([s.value for s in WAITING]),
+            moved = conn.execute(
+                update(r)
+                .where(*self._held(row_ids, claim), r.c.status.in_([s.value for s in WAITING]))
+                .values(status=RecipientStatus.SENDING.value, updated_at=self.db.now())
+                .returning(r.c.id)
             )
-            conn.execute(
-                update(r).where(*mine).values(status=RecipientStatus.SENDING.value, updated_at=now)
-            )
-            marked = conn.execute(
-                select(r.c.id).where(
-                    r.c.id.in_(list(row_ids)),
-                    r.c.claimed_by == self.node_id,
-                    r.c.status == RecipientStatus.SENDING.value,
-                )
-            ).scalars()
-            return set(marked)
+            return set(moved.scalars())
 
-    def unmark_sending(self, row_ids: Sequence[int]) -> None:
-        """Undo :meth:`mark_sending` for rows whose message was not sent after all."""
+    def unmark_sending(self, row_ids: Sequence[int], *, claim: str | None = None) -> set[int]:
+        """Undo :meth:`mark_sending` for rows whose message was not sent after all (the
+        server refused it before taking it, or the mark was refused for some of its rows);
+        they are ``queued`` again under the same claim. Returns the rows moved back."""
         if not row_ids:
-            return
+            return set()
         r = recipients_table
         with self.db.tx(write=True) as conn:
-            conn.execute(
+            moved = conn.execute(
+                update(r)
+                .where(*self._held(row_ids, claim), r.c.status == RecipientStatus.SENDING.value)
+                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+                .returning(r.c.id)
+            )
+            return set(moved.scalars())
+
+    def renew_claims(self, claim_prefix: str, claim_seconds: float = CLAIM_SECONDS) -> int:
+        """Extend this node's claims whose token starts with ``claim_prefix`` (a delivery
+        pass's claims) on rows still waiting: a message waiting its turn in a slow pass
+        is not taken by another pass. Returns the rows renewed."""
+        r = recipients_table
+        with self.db.tx(write=True) as conn:
+            now = self.db.db_now(conn)
+            result = conn.execute(
                 update(r)
                 .where(
-                    r.c.id.in_(list(row_ids)),
                     r.c.claimed_by == self.node_id,
-                    r.c.status == RecipientStatus.SENDING.value,
+                    r.c.claim_token.startswith(claim_prefix, autoescape=True),
+                    r.c.status.in_([s.value for s in WAITING]),
                 )
-                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+                .values(claimed_until=now + timedelta(seconds=claim_seconds))
             )
+            return max(result.rowcount, 0)
 
-    def record(self, answers: Sequence[Answer]) -> set[int]:
-        """Store answers for rows this node holds; returns the rows updated.
+    def record(self, answers: Sequence[Answer], *, claim: str | None = None) -> set[int]:
+        """Store answers for rows this node holds (under ``claim`` when given); returns the
+        rows updated.
 
-        A row another node has taken since (its claim ran out, or a sweep judged this
+        A row another claim has taken since (its claim ran out, or a sweep judged this
         node dead) is left alone: its new holder decides.
         """
         if not answers:
@@ -629,12 +672,11 @@ class OutboundQueue:
                 if answer.tried:
                     values.update(attempts=r.c.attempts + 1, last_attempt_at=now)
                 if final_or_deferred:
-                    values.update(claimed_by=None, claimed_until=None)
+                    values.update(_UNCLAIMED)
                 result = conn.execute(
                     update(r)
                     .where(
-                        r.c.id == answer.row_id,
-                        r.c.claimed_by == self.node_id,
+                        *self._held([answer.row_id], claim),
                         r.c.status.in_([s.value for s in PENDING]),
                     )
                     .values(**values)
@@ -660,20 +702,17 @@ class OutboundQueue:
                     )
         return updated
 
-    def release(self, row_ids: Sequence[int]) -> None:
-        """Give claimed rows that were not tried back to the queue (e.g. on shutdown)."""
+    def release(self, row_ids: Sequence[int], *, claim: str | None = None) -> None:
+        """Give claimed rows that were not tried back to the queue (e.g. on shutdown);
+        with ``claim``, only rows still held under that claim."""
         if not row_ids:
             return
         r = recipients_table
         with self.db.tx(write=True) as conn:
             conn.execute(
                 update(r)
-                .where(
-                    r.c.id.in_(list(row_ids)),
-                    r.c.claimed_by == self.node_id,
-                    r.c.status.in_([s.value for s in WAITING]),
-                )
-                .values(claimed_by=None, claimed_until=None)
+                .where(*self._held(row_ids, claim), r.c.status.in_([s.value for s in WAITING]))
+                .values(**_UNCLAIMED)
             )
 
     def sweep_dead_claims(self) -> list[QueueRow]:
@@ -725,8 +764,7 @@ class OutboundQueue:
                             status=status.value,
                             reply=_clip(reply),
                             code=None,
-                            claimed_by=None,
-                            claimed_until=None,
+                            **_UNCLAIMED,
                             next_attempt_at=now if resend else None,
                             updated_at=now,
                         )
@@ -737,7 +775,7 @@ class OutboundQueue:
                 conn.execute(
                     update(r)
                     .where(r.c.claimed_by == owner, r.c.status.in_([s.value for s in WAITING]))
-                    .values(claimed_by=None, claimed_until=None)
+                    .values(**_UNCLAIMED)
                 )
         return self.rows(row_ids=touched)
 
@@ -769,8 +807,7 @@ class OutboundQueue:
                         status=RecipientStatus.EXPIRED.value,
                         reply=_clip(reply),
                         next_attempt_at=None,
-                        claimed_by=None,
-                        claimed_until=None,
+                        **_UNCLAIMED,
                         updated_at=now,
                     )
                 )
@@ -862,8 +899,7 @@ class OutboundQueue:
                 .values(
                     status=RecipientStatus.QUEUED.value,
                     next_attempt_at=now,
-                    claimed_by=None,
-                    claimed_until=None,
+                    **_UNCLAIMED,
                     updated_at=now,
                 )
             )
@@ -905,8 +941,7 @@ class OutboundQueue:
                         status=RecipientStatus.DROPPED.value,
                         reply="dropped by notifier queue drop",
                         next_attempt_at=None,
-                        claimed_by=None,
-                        claimed_until=None,
+                        **_UNCLAIMED,
                         updated_at=now,
                     )
                 )

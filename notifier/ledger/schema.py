@@ -229,6 +229,9 @@ recipients_table = Table(
     # claimant have an unknown outcome
     Column("claimed_by", String(300)),
     Column("claimed_until", UTCDateTime),
+    # which claim of that node (one per claim of a delivery pass): a row is marked,
+    # answered and released only under the claim that took it
+    Column("claim_token", String(64)),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("message_pk", "recipient", name="uq_recipients_message_rcpt"),
     Index("ix_recipients_due", "status", "next_attempt_at"),
@@ -261,6 +264,7 @@ _ADDED_IN_2 = (
     ("runs", "progress", "TEXT"),
     ("deliveries", "recipient_pk", "INTEGER"),
     ("messages", "content_sha", "VARCHAR(64)"),
+    ("recipients", "claim_token", "VARCHAR(64)"),
 )
 
 

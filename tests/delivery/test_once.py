@@ -1,18 +1,22 @@
 """Once, and never stuck, against a real SMTP server (or the outbox) and a real SQLite ledger:
-keys that differ only in characters a stored key cannot keep stay two emails, and two emails of
-one run with the same key are refused."""
+keys that differ only in characters a stored key cannot keep stay two emails, two emails of
+one run with the same key are refused, a claim that outlives a slow pass never lets a second
+pass of the same node send an email again."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_server import SMTPTestServer, settings_for
+from conftest import wait_until
+from smtp_server import Behaviour, SMTPTestServer, settings_for
 
 from notebooks import write_notebook
 from notifier.delivery.backoff import Backoff
@@ -88,6 +92,10 @@ def report(to: str, subject: str = "Daily report") -> Email:
     return Email(subject=subject, to=[to], html="<p>numbers</p>")
 
 
+def received(server: SMTPTestServer) -> Counter[str]:
+    return Counter(r for m in server.messages for r in m.rcpt_tos)
+
+
 # -- keys ---------------------------------------------------------------------------------
 
 
@@ -142,3 +150,26 @@ def test_two_emails_of_one_run_with_the_same_key_fail_the_run_with_both_subjects
     assert [m.recipients for m in transport.sent] == [("boss@example.com",)]
     failure = email.message_from_bytes(transport.sent[0].data, policy=email.policy.default)
     assert "give each email its own key" in failure.get_body(("html",)).get_content()
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def test_two_passes_of_one_node_never_send_an_email_twice_when_a_claim_outlives_the_wait(
+    smtp_server_factory: Callable[..., SMTPTestServer], mailroom: Callable[..., Mailroom]
+) -> None:
+    # One connection, 0.5 s per message: the first pass needs 4 s for 8 messages, four
+    # times the (shortened) claim. Meanwhile the daemon's delivery service (the same
+    # Deliverer, the same node) runs a pass of its own.
+    server = smtp_server_factory("plain", behaviour=Behaviour(reply_delay_after_data=0.5))
+    room = mailroom(settings_for(server, smtp_connections=1, timeout=10.0), claim_seconds=1.0)
+    room.enqueue(*(report(f"r{i}@example.com", f"Report {i}") for i in range(8)))
+    first = threading.Thread(target=room.deliverer.deliver, kwargs={"run_id": room.run.run_id})
+    first.start()
+    # four replies in, 1.5 s after the claim: unrenewed, the waiting messages' claims are over
+    wait_until(lambda: len(server.messages) >= 4, 30, "four messages on the server")
+    room.deliverer.deliver()
+    first.join(60)
+    assert received(server) == {f"r{i}@example.com": 1 for i in range(8)}
+    assert {row.status for row in room.rows().values()} == {"delivered"}
+    assert room.status() == "succeeded"

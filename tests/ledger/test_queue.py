@@ -1,7 +1,8 @@
 """The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing,
-content keys (a key planned again with other content never gains recipients), claims, the
-sending mark, answers, dead nodes, expiry, operators' retry and drop, an enqueue whose
-COMMIT answer was lost, and the upgrade of a schema-1 ledger."""
+content keys (a key planned again with other content never gains recipients), claims and
+their tokens (a row is marked sending once, under the claim that holds it; a pass keeps
+its claims alive), the sending mark, answers, dead nodes, expiry, operators' retry and drop, an
+enqueue whose COMMIT answer was lost, and the upgrade of a schema-1 ledger."""
 
 from __future__ import annotations
 
@@ -252,6 +253,44 @@ def test_sending_mark_and_answers_only_for_the_claimant(
     assert me.queue.claim_due() == []  # b is not due yet
     assert me.queue.counts(run.run_id) == {"delivered": 1, "deferred": 1, "refused": 1}
     assert me.queue.next_due() == retry_at
+
+
+def test_a_row_is_marked_sending_once_and_only_under_the_claim_that_holds_it(
+    ledger: Ledger,
+) -> None:
+    run = running(ledger)
+    ledger.queue.enqueue(run.run_id, 1, ledger.owner, [message("a@x.org", "b@x.org")])
+    (stale,) = ledger.queue.claim_due(claim_seconds=0.0)  # a claim that ran out at once
+    (fresh,) = ledger.queue.claim_due()  # another pass of this node takes the rows
+    assert stale.claim != fresh.claim
+    a, b = ids = [r.row_id for r in stale.recipients]
+    assert ledger.queue.mark_sending(ids, claim=stale.claim) == set()
+    assert ledger.queue.mark_sending(ids, claim=fresh.claim) == {a, b}
+    # marked once: asking again (any claim, or none) does not report them as marked
+    assert ledger.queue.mark_sending(ids, claim=fresh.claim) == set()
+    assert ledger.queue.mark_sending(ids) == set()
+    # the stale claim can neither answer, nor release, nor unmark them
+    answer = [Answer(a, RecipientStatus.DELIVERED, 250, "OK")]
+    assert ledger.queue.record(answer, claim=stale.claim) == set()
+    assert ledger.queue.unmark_sending(ids, claim=stale.claim) == set()
+    assert ledger.queue.record(answer, claim=fresh.claim) == {a}
+    # the server refused the message before taking it: b goes back to the queue
+    assert ledger.queue.unmark_sending(ids, claim=fresh.claim) == {b}
+    ledger.queue.release([b], claim=fresh.claim)
+    assert statuses(ledger, run.run_id) == {"a@x.org": "delivered", "b@x.org": "queued"}
+    assert [r.address for m in ledger.queue.claim_due() for r in m.recipients] == ["b@x.org"]
+
+
+def test_a_pass_keeps_its_claims_alive_while_its_messages_wait(ledger: Ledger) -> None:
+    run = running(ledger)
+    ledger.queue.enqueue(
+        run.run_id, 1, ledger.owner, [message("a@x.org", key="1"), message("b@x.org", key="2")]
+    )
+    sending, waiting = ledger.queue.claim_due(claim_seconds=0.0, claim="pass-1.0")
+    assert ledger.queue.mark_sending([r.row_id for r in sending.recipients], claim="pass-1.0")
+    assert ledger.queue.renew_claims("pass-2.") == 0  # another pass's prefix
+    assert ledger.queue.renew_claims("pass-1.") == 1  # the waiting row (sending needs none)
+    assert ledger.queue.claim_due() == []  # nobody else takes b while the pass holds it
 
 
 def test_rows_of_a_dead_node_are_settled(make_ledger: Callable[..., Ledger], db_url: str) -> None:
