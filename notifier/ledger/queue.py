@@ -893,17 +893,23 @@ class OutboundQueue:
             ids = list(conn.execute(select(r.c.id).where(*where)).scalars())
             if not ids:
                 return []
-            conn.execute(
-                update(r)
-                .where(r.c.id.in_(ids))
-                .values(
-                    status=RecipientStatus.QUEUED.value,
-                    next_attempt_at=now,
-                    **_UNCLAIMED,
-                    updated_at=now,
-                )
+            # The UPDATE repeats the condition: on PostgreSQL (READ COMMITTED) a row that
+            # another node marked sending or delivered since the SELECT must stay as it is.
+            moved = set(
+                conn.execute(
+                    update(r)
+                    .where(r.c.id.in_(ids), *where)
+                    .values(
+                        status=RecipientStatus.QUEUED.value,
+                        next_attempt_at=now,
+                        **_UNCLAIMED,
+                        updated_at=now,
+                    )
+                    .returning(r.c.id)
+                ).scalars()
             )
-            if message_pk is not None and not all_:
+            ids = [row_id for row_id in ids if row_id in moved]
+            if ids and message_pk is not None and not all_:
                 # an explicit retry of an expired message gives it a new lifetime
                 conn.execute(
                     update(messages_table)
@@ -933,8 +939,9 @@ class OutboundQueue:
             if recipient is not None:
                 where.append(func.lower(r.c.recipient) == recipient.lower())
             ids = list(conn.execute(select(r.c.id).where(*where)).scalars())
+            dropped = []
             for row_id in ids:
-                conn.execute(
+                done = conn.execute(
                     update(r)
                     .where(r.c.id == row_id, r.c.status.in_([s.value for s in WAITING]))
                     .values(
@@ -945,8 +952,10 @@ class OutboundQueue:
                         updated_at=now,
                     )
                 )
-                self._log(conn, row_id, RecipientStatus.DROPPED.value, None, "dropped", now)
-        return ids
+                if done.rowcount == 1:  # not one another node marked sending meanwhile
+                    dropped.append(row_id)
+                    self._log(conn, row_id, RecipientStatus.DROPPED.value, None, "dropped", now)
+        return dropped
 
     # ----------------------------------------------------------------- reading
 

@@ -1,8 +1,9 @@
 """The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing,
 content keys (a key planned again with other content never gains recipients), claims and
 their tokens (a row is marked sending once, under the claim that holds it; a pass keeps
-its claims alive), the sending mark, answers, dead nodes, expiry, operators' retry and drop, an
-enqueue whose COMMIT answer was lost, and the upgrade of a schema-1 ledger."""
+its claims alive), the sending mark, answers, dead nodes, expiry, operators' retry and drop
+(never undoing another node's delivery), an enqueue whose COMMIT answer was lost, and the
+upgrade of a schema-1 ledger."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from ledgers import expire_lease, run_sql
-from queued import message
+from queued import deliver_everything, message
 from sqlalchemy import event
 
 from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, LedgerError, RecipientStatus
@@ -365,6 +366,27 @@ def test_operators_retry_and_drop(ledger: Ledger) -> None:
     assert ledger.queue.drop(message_pk=second.message_pk) == [second.recipients[0].row_id]
     assert statuses(ledger, run.run_id)["c@x.org"] == "dropped"
     assert ledger.queue.drop(message_pk=second.message_pk) == []
+
+
+def test_retry_leaves_alone_a_row_another_node_delivers_meanwhile(postgres_url: str) -> None:
+    # PostgreSQL only: SQLite's writers take the file's lock up front (BEGIN IMMEDIATE), so
+    # nothing can happen between retry's SELECT and its UPDATE there.
+    with Ledger(postgres_url, owner="node-a") as node, Ledger(postgres_url) as operator:
+        run = running(node)
+        node.queue.enqueue(run.run_id, 1, node.owner, [message("boss@x.org")])
+        delivered: list[bool] = []
+
+        def deliver_in_between(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            # `notifier queue retry --all` read the row (queued); before it updates it,
+            # node A claims, sends and records it
+            if statement.startswith("UPDATE recipients") and not delivered:
+                delivered.append(True)
+                deliver_everything(node)
+
+        event.listen(operator.db.engine, "before_cursor_execute", deliver_in_between)
+        assert operator.queue.retry(all_=True) == []
+        assert delivered and statuses(node, run.run_id) == {"boss@x.org": "delivered"}
+        assert node.queue.claim_due() == []  # never sent again
 
 
 # ------------------------------------------------------------------- upgrade
