@@ -25,7 +25,7 @@ never sent twice.
 
 When the last report email of a run is settled, the run ends ``succeeded`` (all
 delivered) or ``failed``, and the run's failure recipients get one notice listing what
-was not delivered.
+was not delivered, queued in the same transaction that ends the run.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from notifier.ledger.queue import (
     CLAIM_SECONDS,
     Answer,
     DueMessage,
+    NewMessage,
     OutboundQueue,
     QueueRow,
     new_claim,
@@ -461,10 +462,12 @@ class Deliverer:
         problems = [r for r in rows if r.status != RecipientStatus.DELIVERED.value]
         status = RunStatus.FAILED if problems else RunStatus.SUCCEEDED
         error = self._problem_summary(problems) if problems else None
-        if not self.ledger.complete_delivery(run_id, status.value, error=error):
+        notices = self._problems_notice(run, problems) if problems and self.notify else []
+        # the notice is queued in the transaction that ends the run: both or neither
+        if not self.ledger.complete_delivery(run_id, status.value, error=error, notices=notices):
             return  # another node settled it
-        if problems and self.notify:
-            self._notify_problems(run, problems)
+        if notices:
+            self.deliver(run_id=run.run_id)
 
     @staticmethod
     def _problem_summary(problems: list[QueueRow]) -> str:
@@ -476,7 +479,9 @@ class Deliverer:
         detail = f"{first.recipient}: {first.code or ''} {first.reply}".replace("  ", " ")
         return f"delivery failed ({head}); e.g. {one_line(detail, 300)}"
 
-    def _notify_problems(self, run: Run, problems: list[QueueRow]) -> None:
+    def _problems_notice(self, run: Run, problems: list[QueueRow]) -> list[NewMessage]:
+        """The notice telling the run's failure recipients what was not delivered (none
+        when there is nobody to tell, or it cannot be built: logged)."""
         recipients = [
             r
             for r in (run.failure_recipients or ())
@@ -488,7 +493,7 @@ class Deliverer:
                 run.job,
                 len(problems),
             )
-            return
+            return []
         mail = delivery_problems_email(
             name=run.job,
             run_id=run.run_id,
@@ -499,20 +504,20 @@ class Deliverer:
             recipients=recipients,
         )
         try:
-            message = plan_email(
-                mail,
-                purpose="notice",
-                default_sender=self.settings.from_address,
-                max_size=self.settings.max_message_size,
-                expires_at=self.ledger.db.now()
-                + timedelta(seconds=self.settings.delivery_lifetime),
-                key="delivery-problems",
-            )
-            self.queue.add(run.run_id, [message])
-        except (MessageError, LedgerError) as error:
-            log.error("%s: could not queue the delivery notice: %s", run.job, error)
-            return
-        self.deliver(run_id=run.run_id)
+            return [
+                plan_email(
+                    mail,
+                    purpose="notice",
+                    default_sender=self.settings.from_address,
+                    max_size=self.settings.max_message_size,
+                    expires_at=self.ledger.db.now()
+                    + timedelta(seconds=self.settings.delivery_lifetime),
+                    key="delivery-problems",
+                )
+            ]
+        except MessageError as error:
+            log.error("%s: could not build the delivery notice: %s", run.job, error)
+            return []
 
     # ---------------------------------------------------------------- ledger
 

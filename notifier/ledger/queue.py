@@ -305,13 +305,17 @@ class OutboundQueue:
         """Store messages for a run without fencing (notices about a run's delivery, written
         by whichever node settles it). Keyed like :meth:`enqueue`, so adding twice is a no-op.
         """
-        added = 0
         with self.db.tx(write=True) as conn:
-            now = self.db.now()
-            stored: set[str] = set()
-            keys = _RunKeys(conn, run_id)
-            for message in messages:
-                added += self._store(conn, run_id, message, now, stored, keys)
+            return self.add_in(conn, run_id, messages)
+
+    def add_in(self, conn: Connection, run_id: str, messages: Iterable[NewMessage]) -> int:
+        """:meth:`add` inside the caller's transaction (a run settled with its notice)."""
+        added = 0
+        now = self.db.now()
+        stored: set[str] = set()
+        keys = _RunKeys(conn, run_id)
+        for message in messages:
+            added += self._store(conn, run_id, message, now, stored, keys)
         return added
 
     def _family_recipients(self, conn: Connection, family: _Family) -> set[str]:

@@ -1,12 +1,14 @@
 """Once, and never stuck, against a real SMTP server (or the outbox) and a real SQLite ledger:
 keys that differ only in characters a stored key cannot keep stay two emails, two emails of
 one run with the same key are refused, a claim that outlives a slow pass never lets a second
-pass of the same node send an email again."""
+pass of the same node send an email again, and a run ends together with its
+delivery-problems notice or not at all."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import wait_until
 from smtp_server import Behaviour, SMTPTestServer, settings_for
+from sqlalchemy import event
 
 from notebooks import write_notebook
 from notifier.delivery.backoff import Backoff
@@ -173,3 +176,34 @@ def test_two_passes_of_one_node_never_send_an_email_twice_when_a_claim_outlives_
     assert received(server) == {f"r{i}@example.com": 1 for i in range(8)}
     assert {row.status for row in room.rows().values()} == {"delivered"}
     assert room.status() == "succeeded"
+
+
+# -- settling -----------------------------------------------------------------------------
+
+
+def test_a_run_ends_together_with_its_delivery_problems_notice(
+    smtp_server_factory: Callable[..., SMTPTestServer], mailroom: Callable[..., Mailroom]
+) -> None:
+    server = smtp_server_factory("plain", behaviour=Behaviour(refuse={"bob@example.com"}))
+    room = mailroom(settings_for(server))
+    room.enqueue(report("alice@example.com"), report("bob@example.com", "Bob's report"))
+    failures: list[str] = []
+
+    @event.listens_for(room.ledger.db.engine, "before_cursor_execute")
+    def fail_once(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        # the ledger fails while the notice is stored (a disk error, a dropped connection)
+        if statement.startswith("INSERT INTO messages") and not failures:
+            failures.append(statement)
+            raise sqlite3.OperationalError("disk I/O error")
+
+    room.deliverer.deliver()
+    assert failures
+    # neither happened: the run still waits to be settled, with its notice
+    assert room.status() == "delivering"
+    assert "notice:ops@example.com" not in room.rows()
+    room.deliverer.housekeeping()  # the delivery service, a few seconds later
+    assert room.status() == "failed"
+    assert room.rows()["notice:ops@example.com"].status == "delivered"
+    notices = [m for m in server.messages if m.rcpt_tos == ["ops@example.com"]]
+    assert len(notices) == 1
+    assert "bob@example.com" in notices[0].message.get_body(("html",)).get_content()
