@@ -21,7 +21,11 @@ even a claim that ran out cannot make two passes send the same email.
 A ledger write that fails (a locked SQLite file, a database restart) never aborts the
 pass: the answer is kept in memory and the write retried until it succeeds. If the
 process dies first, the rows stay ``sending`` and are reported as "outcome unknown",
-never sent twice.
+never sent twice. Anything unexpected that raises while a message is handled (a bug, a
+setting no server call can take) is recorded too, once: ``deferred`` with "internal
+error: ..." and the usual backoff when the server cannot have the message yet, ``unknown``
+once it may have it (after its 354); the session is then replaced, never reused
+mid-transaction.
 
 When the last report email of a run is settled, the run ends ``succeeded`` (all
 delivered) or ``failed``, and the run's failure recipients get one notice listing what
@@ -194,9 +198,16 @@ class Deliverer:
     # -------------------------------------------------------------- one batch
 
     def _send_one(
-        self, session: Session, kind: str, message: DueMessage, parts: dict[str, bytes]
+        self,
+        session: Session,
+        kind: str,
+        message: DueMessage,
+        parts: dict[str, bytes],
+        handed: _Handed | None = None,
     ) -> list[Outcome]:
-        handed = _Handed()  # whether the rows are marked sending (the server may have it)
+        """Send one claimed message and record every answer. ``handed.marked`` tells, if
+        this raises, whether the server may have the message (its rows are ``sending``)."""
+        handed = handed or _Handed()
         claim = message.claim or None
         now = self.ledger.db.now()
         rows = message.recipients
@@ -379,6 +390,40 @@ class Deliverer:
             return Answer(row_id, RecipientStatus.EXPIRED, code, text)
         return Answer(row_id, RecipientStatus.DEFERRED, code, reply, retry_at)
 
+    def _unexpected(
+        self, message: DueMessage, kind: str, error: BaseException, handed: bool
+    ) -> list[Outcome]:
+        """Record what an unexpected error left (instead of releasing the message, which
+        the pass would claim again at once): deferred with the usual backoff while the
+        server cannot have the message, an unknown outcome once it may have it."""
+        now = self.ledger.db.now()
+        text = one_line(str(error), 300)
+        what = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        if not handed:
+            reason = f"internal error: {what}"
+            answers = [
+                self._defer(message, r.row_id, None, reason, now, r.attempts + 1)
+                for r in message.recipients
+            ]
+        elif message.on_unknown == "resend":
+            reason = (
+                f"outcome unknown: internal error after the server was ready for the message "
+                f"({what}); to be sent again (on_unknown: resend)"
+            )
+            answers = [
+                self._defer(message, r.row_id, None, reason, now, r.attempts + 1)
+                for r in message.recipients
+            ]
+        else:
+            reason = (
+                f"outcome unknown: internal error after the server was ready for the message "
+                f"({what}); possibly delivered, not sent again (on_unknown: skip)"
+            )
+            answers = [
+                Answer(r.row_id, RecipientStatus.UNKNOWN, None, reason) for r in message.recipients
+            ]
+        return self._record(message, answers, kind)
+
     def _record(
         self,
         message: DueMessage,
@@ -547,6 +592,7 @@ class _Lane:
         self._threads: list[threading.Thread] = []
         self._healthy = 0
         self._closed = False
+        self._explained = False  # one traceback per lane for unexpected errors, not one each
         self._cond = threading.Condition()
 
     def put(self, message: DueMessage) -> None:
@@ -626,34 +672,65 @@ class _Lane:
         transport = transport or deliverer.transports(self.kind)
         broken = False
         try:
-            with transport.session() as session:
-                while True:
-                    message = self._take(broken)
-                    if message is None:
-                        return
-                    outcomes: list[Outcome] = []
-                    try:
-                        if deliverer.stopping.is_set():
-                            deliverer._release([message])
-                        else:
-                            outcomes = deliverer._send_one(
-                                session, transport.name, message, self.parts
-                            )
-                    except Exception:
-                        log.exception("delivery of %r failed unexpectedly", message.subject)
-                        deliverer._release([message])
-                    finally:
-                        self._done(outcomes)
-                    if session.broken is not None and not broken:
-                        broken = True
-                        with self._cond:
-                            self._healthy -= 1
-                            self._cond.notify_all()
+            while True:  # a new session after an unexpected error: never reuse one mid-way
+                with self._session(transport) as session:
+                    replace_session = False
+                    while not replace_session:
+                        message = self._take(broken)
+                        if message is None:
+                            return
+                        outcomes: list[Outcome] = []
+                        handed = _Handed()
+                        try:
+                            if deliverer.stopping.is_set():
+                                deliverer._release([message])
+                            else:
+                                outcomes = deliverer._send_one(
+                                    session, transport.name, message, self.parts, handed
+                                )
+                        except Exception as error:
+                            outcomes = self._unexpected(transport.name, message, handed, error)
+                            replace_session = True
+                        finally:
+                            self._done(outcomes)
+                        if session.broken is not None and not broken:
+                            broken = True
+                            with self._cond:
+                                self._healthy -= 1
+                                self._cond.notify_all()
         finally:
             if not broken:
                 with self._cond:
                     self._healthy -= 1
                     self._cond.notify_all()
+
+    def _session(self, transport: Transport) -> Session:
+        try:
+            return transport.session()
+        except Exception as error:  # answered like a server that cannot be used
+            if not self._explained:
+                self._explained = True
+                log.exception("could not start a %s session", transport.name)
+            return _NoSession(f"internal error: {type(error).__name__}: {one_line(str(error))}")
+
+    def _unexpected(
+        self, kind: str, message: DueMessage, handed: _Handed, error: Exception
+    ) -> list[Outcome]:
+        """One traceback per lane; the message's recipients are recorded, not released
+        (released, the pass would claim it again at once, and fail again, in a loop)."""
+        if not self._explained:
+            self._explained = True
+            log.error(
+                "delivery of %r failed unexpectedly (an internal error)",
+                message.subject,
+                exc_info=error,
+            )
+        try:
+            return self.deliverer._unexpected(message, kind, error, handed.marked)
+        except Exception:
+            log.exception("could not record the internal error for %r", message.subject)
+            self.deliverer._release([message])
+            return []
 
 
 @dataclass
@@ -661,6 +738,26 @@ class _Handed:
     """Whether a message's rows are marked ``sending`` (the server may have it)."""
 
     marked: bool = False
+
+
+class _NoSession:
+    """A session that could not be made: every message is answered "not tried"."""
+
+    def __init__(self, reason: str) -> None:
+        self.broken: str | None = reason
+
+    def send(self, out: object, before_data: object = None) -> SendResult:
+        """Never called (``broken`` is set)."""
+        raise RuntimeError(self.broken)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> _NoSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _ClaimKeeper:

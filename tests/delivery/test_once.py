@@ -1,17 +1,20 @@
 """Once, and never stuck, against a real SMTP server (or the outbox) and a real SQLite ledger:
 keys that differ only in characters a stored key cannot keep stay two emails, two emails of
 one run with the same key are refused, a claim that outlives a slow pass never lets a second
-pass of the same node send an email again, and a run ends together with its
-delivery-problems notice or not at all."""
+pass of the same node send an email again, an unexpected error inside a lane is recorded
+once instead of looping, an error after the server's 354 leaves no row 'sending', and a run
+ends together with its delivery-problems notice or not at all."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -176,6 +179,68 @@ def test_two_passes_of_one_node_never_send_an_email_twice_when_a_claim_outlives_
     assert received(server) == {f"r{i}@example.com": 1 for i in range(8)}
     assert {row.status for row in room.rows().values()} == {"delivered"}
     assert room.status() == "succeeded"
+
+
+# -- unexpected errors --------------------------------------------------------------------
+
+
+def test_an_unexpected_error_in_a_lane_is_recorded_once_instead_of_looping(
+    smtp_server: SMTPTestServer,
+    mailroom: Callable[..., Mailroom],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room = mailroom(settings_for(smtp_server), backoff=Backoff(30, 60))
+    planned = room.plan(report("alice@example.com"))
+    # a stored spec the writer cannot encode (a lone surrogate): not a MessageError
+    broken = replace(planned, spec={**planned.spec, "html": "<p>\udc80</p>"})
+    room.enqueue(broken, report("bob@example.com", "Fine"))
+    with caplog.at_level(logging.WARNING, logger="notifier.delivery"):
+        outcomes = room.deliverer.deliver(max_passes=20)
+    assert sorted((o.recipient, o.status.value) for o in outcomes) == [
+        ("alice@example.com", "deferred"),
+        ("bob@example.com", "delivered"),
+    ]
+    alice = room.rows()["report:alice@example.com"]
+    assert alice.status == "deferred"
+    assert alice.reply.startswith("internal error: UnicodeEncodeError"), alice.reply
+    assert alice.next_attempt_at is not None
+    assert alice.next_attempt_at > datetime.now(UTC) + timedelta(seconds=15)  # the backoff
+    assert received(smtp_server) == {"bob@example.com": 1}
+    assert len([r for r in caplog.records if r.exc_info]) == 1  # one traceback, no loop
+
+
+def test_a_backoff_too_long_to_write_down_ends_the_email_instead_of_looping(
+    smtp_server_factory: Callable[..., SMTPTestServer],
+    mailroom: Callable[..., Mailroom],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = smtp_server_factory("plain", behaviour=Behaviour(defer={"alice@example.com": 9}))
+    room = mailroom(settings_for(server, retries=0), backoff=Backoff(1e300, 1e300))
+    room.enqueue(report("alice@example.com"))
+    with caplog.at_level(logging.WARNING, logger="notifier.delivery"):
+        outcomes = room.deliverer.deliver(max_passes=20)
+    # the next try would come long after the email's lifetime: it expires, reported once
+    assert [(o.recipient, o.status.value) for o in outcomes] == [("alice@example.com", "expired")]
+    assert "451" in room.rows()["report:alice@example.com"].reply
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_an_error_after_the_servers_go_ahead_leaves_no_row_sending(
+    mailroom: Callable[..., Mailroom], tmp_path: Path
+) -> None:
+    # the outbox "server" goes ahead (before_data), then writing the file raises
+    # ValueError, not OSError: the message may or may not be written
+    room = mailroom(Settings(), outbox_dir=tmp_path / "out\x00box")
+    room.enqueue(report("alice@example.com"))
+    outcomes = room.deliverer.deliver(max_passes=20)
+    rows = room.rows()
+    alice = rows["report:alice@example.com"]
+    assert alice.status == "unknown", alice
+    assert "internal error after the server was ready" in alice.reply
+    assert "ValueError" in alice.reply and "not sent again" in alice.reply
+    assert [o.status.value for o in outcomes if o.purpose == "report"] == ["unknown"]
+    assert not [r for r in rows.values() if r.status == "sending"]
+    assert room.status() == "failed"  # settled, not 'delivering' for the life of the node
 
 
 # -- settling -----------------------------------------------------------------------------
