@@ -14,6 +14,14 @@ of the subject, the recipients and the body (inline images by their bytes, since
 Content-IDs are new in every execution). A re-execution that builds the same emails in
 another order therefore adds nothing to the queue; one that changes their content adds
 new emails.
+
+A key is stored without losing what tells two keys apart: a key made only of
+``[A-Za-z0-9_.:@=+-]`` (at most 80 characters) is kept as it is, any other one becomes a
+readable prefix plus a hash of the whole key, so ``customer-Jürgen`` and
+``customer-Jörgen`` stay two emails. Two emails of one run with the same key are refused
+(:func:`check_keys`). Each planned email also carries a fingerprint of what it says
+(``content_sha``: everything but the Bcc envelope), so the queue never adds recipients to
+an email that says something else (:meth:`~notifier.ledger.queue.OutboundQueue.enqueue`).
 """
 
 from __future__ import annotations
@@ -21,10 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from email.utils import formatdate, make_msgid
+from typing import Any
 
+from notifier.errors import MessageError
 from notifier.ledger.queue import DueMessage, NewMessage
 from notifier.mail.mime import write
 from notifier.mail.model import Email, InlineImage, Outgoing, check, text_alternative
@@ -32,16 +43,30 @@ from notifier.mail.parts import Part
 
 SPEC_VERSION = 1
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_.:@=+-]+")
+_KEY_KEPT = 80  # a clean key up to this long is stored as it is
+_KEY_PREFIX = 60  # else: this much of it, cleaned, for people reading `notifier queue`
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def content_key(mail: Email) -> str:
-    """The email's identity within a run: its ``key``, or a hash of what it says and to whom."""
-    if mail.key:
-        return "k:" + _KEY_SAFE.sub("-", mail.key)[:120]
+def stored_key(key: str) -> str:
+    """The queue's form of ``report.email(..., key=...)``: different keys stay different.
+
+    A clean key (``[A-Za-z0-9_.:@=+-]``, at most 80 characters) is kept: ``k:region-north``.
+    Any other becomes its cleaned start plus a hash of the whole key:
+    ``k:customer-J-rgen~<32 hex>``; ``~`` never occurs in a clean key, so the two forms
+    cannot meet.
+    """
+    cleaned = _KEY_SAFE.sub("-", key)
+    if cleaned == key and len(key) <= _KEY_KEPT:
+        return "k:" + key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"k:{cleaned[:_KEY_PREFIX]}~{digest}"
+
+
+def _canonical(mail: Email, *, envelope: bool) -> dict[str, Any]:
     html = mail.html
     if html is not None:
         for image in mail.images:  # Content-IDs are random per execution: use the bytes
@@ -50,7 +75,6 @@ def content_key(mail: Email) -> str:
         "subject": mail.subject,
         "to": sorted(a.strip().lower() for a in mail.to),
         "cc": sorted(a.strip().lower() for a in mail.cc),
-        "bcc": sorted(a.strip().lower() for a in mail.bcc),
         "reply_to": sorted(a.strip().lower() for a in mail.reply_to),
         "sender": mail.sender,
         "html": html,
@@ -59,8 +83,47 @@ def content_key(mail: Email) -> str:
         "attachments": [[p.filename, p.mime_type, _sha(p.data)] for p in mail.attachments],
         "headers": sorted(mail.headers.items()),
     }
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode("utf-8"))
-    return "h:" + digest.hexdigest()[:40]
+    if envelope:
+        canonical["bcc"] = sorted(a.strip().lower() for a in mail.bcc)
+    return canonical
+
+
+def _digest(canonical: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def content_key(mail: Email) -> str:
+    """The email's identity within a run: its ``key``, or a hash of what it says and to whom."""
+    if mail.key:
+        return stored_key(mail.key)
+    return "h:" + _digest(_canonical(mail, envelope=True))[:40]
+
+
+def content_sha(mail: Email, default_sender: str = "") -> str:
+    """What the email says, whoever gets it in Bcc: equal for the same email planned again."""
+    canonical = _canonical(mail, envelope=False)
+    canonical["sender"] = mail.sender or default_sender
+    return _digest(canonical)
+
+
+def check_keys(mails: Sequence[Email]) -> None:
+    """Refuse two emails of one run with the same ``key=`` (MessageError naming both).
+
+    A key names one email of a run: with two, the second would be taken for a re-attempt
+    of the first (its recipients could get the first one's content).
+    """
+    seen: dict[str, Email] = {}
+    for mail in mails:
+        if not mail.key:
+            continue
+        first = seen.setdefault(mail.key, mail)
+        if first is not mail:
+            raise MessageError(
+                f"Two emails of this run have the same key {mail.key!r}: {first.subject!r} "
+                f"and {mail.subject!r}; a key names one email of a run.",
+                'give each email its own key, e.g. report.email(..., key=f"customer-{id}"), '
+                "or leave key= out",
+            )
 
 
 def plan_email(
@@ -120,6 +183,7 @@ def plan_email(
     }
     return NewMessage(
         email_key=key or content_key(mail),
+        content_sha=content_sha(mail, default_sender),
         purpose=purpose,
         message_id=message_id,
         subject=mail.subject,

@@ -12,14 +12,24 @@ after an exponential backoff; permanent ones (5xx, a message the server can neve
 ``refused``; a link lost after the final dot ``unknown`` (not sent again unless the job
 says ``on_unknown: resend``). Past its lifetime a message ``expires``.
 
+A pass claims under tokens of its own (one per claim) and keeps those claims alive while
+its messages wait for a session (:class:`_ClaimKeeper`), so another pass of the same node
+(the daemon's delivery service next to a run) never takes a message this pass still
+holds; and a message's rows are marked ``sending`` only by the claim that took them, so
+even a claim that ran out cannot make two passes send the same email.
+
 A ledger write that fails (a locked SQLite file, a database restart) never aborts the
 pass: the answer is kept in memory and the write retried until it succeeds. If the
 process dies first, the rows stay ``sending`` and are reported as "outcome unknown",
-never sent twice.
+never sent twice. Anything unexpected that raises while a message is handled (a bug, a
+setting no server call can take) is recorded too, once: ``deferred`` with "internal
+error: ..." and the usual backoff when the server cannot have the message yet, ``unknown``
+once it may have it (after its 354); the session is then replaced, never reused
+mid-transaction.
 
 When the last report email of a run is settled, the run ends ``succeeded`` (all
 delivered) or ``failed``, and the run's failure recipients get one notice listing what
-was not delivered.
+was not delivered, queued in the same transaction that ends the run.
 """
 
 from __future__ import annotations
@@ -37,7 +47,15 @@ from notifier.delivery.notices import delivery_problems_email, one_line
 from notifier.delivery.planning import outgoing_from, plan_email, spec_parts
 from notifier.errors import MessageError
 from notifier.ledger import Ledger, LedgerError, Run
-from notifier.ledger.queue import Answer, DueMessage, QueueRow
+from notifier.ledger.queue import (
+    CLAIM_SECONDS,
+    Answer,
+    DueMessage,
+    NewMessage,
+    OutboundQueue,
+    QueueRow,
+    new_claim,
+)
 from notifier.ledger.retry import Patience
 from notifier.ledger.statuses import PENDING, RecipientStatus, RunStatus
 from notifier.mail.transport.base import DataRefused, SendResult, Session, Transport
@@ -78,7 +96,8 @@ class Deliverer:
     """Sends due queue entries through transports; safe to use from several threads.
 
     ``transports(kind)`` returns a fresh transport for ``"default"`` (the configured
-    server, or the outbox when none is set) or ``"outbox"`` (dry runs).
+    server, or the outbox when none is set) or ``"outbox"`` (dry runs). ``claim_seconds``:
+    how long a claim lasts unless renewed (renewed every quarter of it while a pass runs).
     """
 
     def __init__(
@@ -90,6 +109,7 @@ class Deliverer:
         stopping: threading.Event | None = None,
         backoff: Backoff | None = None,
         notify: bool = True,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.queue = ledger.queue
@@ -99,6 +119,7 @@ class Deliverer:
         self.backoff = backoff or Backoff(settings.retry_backoff, settings.retry_backoff_max)
         self._patience = Patience(log, stopping=self.stopping, grace=settings.shutdown_grace)
         self.notify = notify  # False: settle runs without mailing their problems
+        self.claim_seconds = claim_seconds
 
     # ------------------------------------------------------------------ passes
 
@@ -121,20 +142,26 @@ class Deliverer:
         """
         runs: set[str] = set()
         lanes: dict[str, _Lane] = {}
+        this_pass = new_claim()
+        keeper = _ClaimKeeper(self.queue, f"{this_pass}.", self.claim_seconds)
         try:
-            for _ in range(max_passes):
+            for number in range(max_passes):
                 if self.stopping.is_set():
                     break
                 due = self._patience.call(
-                    lambda: self.queue.claim_due(
+                    lambda claim=f"{this_pass}.{number}": self.queue.claim_due(
                         limit=limit,
                         run_id=run_id,
                         message_pks=message_pks,
                         settled_for=settled_for,
+                        claim=claim,
+                        claim_seconds=self.claim_seconds,
                     ),
                     "claiming due mail",
                     give_up=[],
                 )
+                if due:
+                    keeper.start()
                 if not due:
                     # mail still on the wire may come back due at once (on_unknown: resend)
                     if not any(lane.busy() for lane in lanes.values()):
@@ -151,6 +178,7 @@ class Deliverer:
         finally:
             for lane in lanes.values():
                 lane.close()
+            keeper.stop()
         self.settle(runs)
         return [outcome for lane in lanes.values() for outcome in lane.outcomes]
 
@@ -170,8 +198,17 @@ class Deliverer:
     # -------------------------------------------------------------- one batch
 
     def _send_one(
-        self, session: Session, kind: str, message: DueMessage, parts: dict[str, bytes]
+        self,
+        session: Session,
+        kind: str,
+        message: DueMessage,
+        parts: dict[str, bytes],
+        handed: _Handed | None = None,
     ) -> list[Outcome]:
+        """Send one claimed message and record every answer. ``handed.marked`` tells, if
+        this raises, whether the server may have the message (its rows are ``sending``)."""
+        handed = handed or _Handed()
+        claim = message.claim or None
         now = self.ledger.db.now()
         rows = message.recipients
         if now >= message.expires_at:
@@ -202,19 +239,27 @@ class Deliverer:
             )
         ids = [r.row_id for r in rows]
 
+        def unmark() -> None:
+            self._patience.call(
+                lambda: self.queue.unmark_sending(ids, claim=claim),
+                "undoing a mark",
+                give_up=None,
+            )
+
         def before_data() -> bool:
             # the server said 354: mark the rows before the message itself goes out
             marked = self._patience.call(
-                lambda: self.queue.mark_sending(ids), "marking mail as sending", give_up=set()
+                lambda: self.queue.mark_sending(ids, claim=claim),
+                "marking mail as sending",
+                give_up=set(),
             )
             if marked == set(ids):
+                handed.marked = True
                 return True
-            if marked:  # another node took some rows meanwhile: send nothing, undo the mark
-                self._patience.call(
-                    lambda: self.queue.unmark_sending(sorted(marked)),
-                    "undoing a mark",
-                    give_up=None,
-                )
+            # Another claim took some rows meanwhile, or they were already sending (a mark
+            # whose answer was lost): send nothing, and give back what this claim marked
+            # (the server does not have the message).
+            unmark()
             return False
 
         try:
@@ -227,6 +272,10 @@ class Deliverer:
                 smaller = outgoing_from(
                     message, parts, [r.address for r in rows], attachments=False
                 )
+                if handed.marked:
+                    # refused for good, so not delivered: the smaller one is marked anew
+                    unmark()
+                    handed.marked = False
                 result = session.send(smaller, before_data)
         except DataRefused:
             # another node took the rows (or the ledger is gone while stopping): not sent
@@ -341,6 +390,40 @@ class Deliverer:
             return Answer(row_id, RecipientStatus.EXPIRED, code, text)
         return Answer(row_id, RecipientStatus.DEFERRED, code, reply, retry_at)
 
+    def _unexpected(
+        self, message: DueMessage, kind: str, error: BaseException, handed: bool
+    ) -> list[Outcome]:
+        """Record what an unexpected error left (instead of releasing the message, which
+        the pass would claim again at once): deferred with the usual backoff while the
+        server cannot have the message, an unknown outcome once it may have it."""
+        now = self.ledger.db.now()
+        text = one_line(str(error), 300)
+        what = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        if not handed:
+            reason = f"internal error: {what}"
+            answers = [
+                self._defer(message, r.row_id, None, reason, now, r.attempts + 1)
+                for r in message.recipients
+            ]
+        elif message.on_unknown == "resend":
+            reason = (
+                f"outcome unknown: internal error after the server was ready for the message "
+                f"({what}); to be sent again (on_unknown: resend)"
+            )
+            answers = [
+                self._defer(message, r.row_id, None, reason, now, r.attempts + 1)
+                for r in message.recipients
+            ]
+        else:
+            reason = (
+                f"outcome unknown: internal error after the server was ready for the message "
+                f"({what}); possibly delivered, not sent again (on_unknown: skip)"
+            )
+            answers = [
+                Answer(r.row_id, RecipientStatus.UNKNOWN, None, reason) for r in message.recipients
+            ]
+        return self._record(message, answers, kind)
+
     def _record(
         self,
         message: DueMessage,
@@ -351,7 +434,7 @@ class Deliverer:
         # Never give up on a write while running: the process keeps the answer until the
         # ledger takes it (a lost answer would make the row "outcome unknown").
         self._patience.call(
-            lambda: self.queue.record(answers),
+            lambda: self.queue.record(answers, claim=message.claim or None),
             "recording delivery results",
             give_up=set(),
             wait=True,
@@ -394,11 +477,14 @@ class Deliverer:
             log.error("%s: %s: %s", what, outcome.status.value, outcome.reply)
 
     def _release(self, messages: list[DueMessage]) -> None:
-        ids = [r.row_id for m in messages for r in m.recipients]
-        try:
-            self.queue.release(ids)
-        except LedgerError as error:  # the claims run out by themselves
-            log.warning("could not release %d queued row(s): %s", len(ids), error)
+        claims: dict[str, list[int]] = {}
+        for message in messages:
+            claims.setdefault(message.claim, []).extend(r.row_id for r in message.recipients)
+        for claim, ids in claims.items():
+            try:
+                self.queue.release(ids, claim=claim or None)
+            except LedgerError as error:  # the claims run out by themselves
+                log.warning("could not release %d queued row(s): %s", len(ids), error)
 
     # -------------------------------------------------------------- settling
 
@@ -421,10 +507,12 @@ class Deliverer:
         problems = [r for r in rows if r.status != RecipientStatus.DELIVERED.value]
         status = RunStatus.FAILED if problems else RunStatus.SUCCEEDED
         error = self._problem_summary(problems) if problems else None
-        if not self.ledger.complete_delivery(run_id, status.value, error=error):
+        notices = self._problems_notice(run, problems) if problems and self.notify else []
+        # the notice is queued in the transaction that ends the run: both or neither
+        if not self.ledger.complete_delivery(run_id, status.value, error=error, notices=notices):
             return  # another node settled it
-        if problems and self.notify:
-            self._notify_problems(run, problems)
+        if notices:
+            self.deliver(run_id=run.run_id)
 
     @staticmethod
     def _problem_summary(problems: list[QueueRow]) -> str:
@@ -436,7 +524,9 @@ class Deliverer:
         detail = f"{first.recipient}: {first.code or ''} {first.reply}".replace("  ", " ")
         return f"delivery failed ({head}); e.g. {one_line(detail, 300)}"
 
-    def _notify_problems(self, run: Run, problems: list[QueueRow]) -> None:
+    def _problems_notice(self, run: Run, problems: list[QueueRow]) -> list[NewMessage]:
+        """The notice telling the run's failure recipients what was not delivered (none
+        when there is nobody to tell, or it cannot be built: logged)."""
         recipients = [
             r
             for r in (run.failure_recipients or ())
@@ -448,7 +538,7 @@ class Deliverer:
                 run.job,
                 len(problems),
             )
-            return
+            return []
         mail = delivery_problems_email(
             name=run.job,
             run_id=run.run_id,
@@ -459,20 +549,20 @@ class Deliverer:
             recipients=recipients,
         )
         try:
-            message = plan_email(
-                mail,
-                purpose="notice",
-                default_sender=self.settings.from_address,
-                max_size=self.settings.max_message_size,
-                expires_at=self.ledger.db.now()
-                + timedelta(seconds=self.settings.delivery_lifetime),
-                key="delivery-problems",
-            )
-            self.queue.add(run.run_id, [message])
-        except (MessageError, LedgerError) as error:
-            log.error("%s: could not queue the delivery notice: %s", run.job, error)
-            return
-        self.deliver(run_id=run.run_id)
+            return [
+                plan_email(
+                    mail,
+                    purpose="notice",
+                    default_sender=self.settings.from_address,
+                    max_size=self.settings.max_message_size,
+                    expires_at=self.ledger.db.now()
+                    + timedelta(seconds=self.settings.delivery_lifetime),
+                    key="delivery-problems",
+                )
+            ]
+        except MessageError as error:
+            log.error("%s: could not build the delivery notice: %s", run.job, error)
+            return []
 
     # ---------------------------------------------------------------- ledger
 
@@ -502,6 +592,7 @@ class _Lane:
         self._threads: list[threading.Thread] = []
         self._healthy = 0
         self._closed = False
+        self._explained = False  # one traceback per lane for unexpected errors, not one each
         self._cond = threading.Condition()
 
     def put(self, message: DueMessage) -> None:
@@ -581,34 +672,130 @@ class _Lane:
         transport = transport or deliverer.transports(self.kind)
         broken = False
         try:
-            with transport.session() as session:
-                while True:
-                    message = self._take(broken)
-                    if message is None:
-                        return
-                    outcomes: list[Outcome] = []
-                    try:
-                        if deliverer.stopping.is_set():
-                            deliverer._release([message])
-                        else:
-                            outcomes = deliverer._send_one(
-                                session, transport.name, message, self.parts
-                            )
-                    except Exception:
-                        log.exception("delivery of %r failed unexpectedly", message.subject)
-                        deliverer._release([message])
-                    finally:
-                        self._done(outcomes)
-                    if session.broken is not None and not broken:
-                        broken = True
-                        with self._cond:
-                            self._healthy -= 1
-                            self._cond.notify_all()
+            while True:  # a new session after an unexpected error: never reuse one mid-way
+                with self._session(transport) as session:
+                    replace_session = False
+                    while not replace_session:
+                        message = self._take(broken)
+                        if message is None:
+                            return
+                        outcomes: list[Outcome] = []
+                        handed = _Handed()
+                        try:
+                            if deliverer.stopping.is_set():
+                                deliverer._release([message])
+                            else:
+                                outcomes = deliverer._send_one(
+                                    session, transport.name, message, self.parts, handed
+                                )
+                        except Exception as error:
+                            outcomes = self._unexpected(transport.name, message, handed, error)
+                            replace_session = True
+                        finally:
+                            self._done(outcomes)
+                        if session.broken is not None and not broken:
+                            broken = True
+                            with self._cond:
+                                self._healthy -= 1
+                                self._cond.notify_all()
         finally:
             if not broken:
                 with self._cond:
                     self._healthy -= 1
                     self._cond.notify_all()
+
+    def _session(self, transport: Transport) -> Session:
+        try:
+            return transport.session()
+        except Exception as error:  # answered like a server that cannot be used
+            if not self._explained:
+                self._explained = True
+                log.exception("could not start a %s session", transport.name)
+            return _NoSession(f"internal error: {type(error).__name__}: {one_line(str(error))}")
+
+    def _unexpected(
+        self, kind: str, message: DueMessage, handed: _Handed, error: Exception
+    ) -> list[Outcome]:
+        """One traceback per lane; the message's recipients are recorded, not released
+        (released, the pass would claim it again at once, and fail again, in a loop)."""
+        if not self._explained:
+            self._explained = True
+            log.error(
+                "delivery of %r failed unexpectedly (an internal error)",
+                message.subject,
+                exc_info=error,
+            )
+        try:
+            return self.deliverer._unexpected(message, kind, error, handed.marked)
+        except Exception:
+            log.exception("could not record the internal error for %r", message.subject)
+            self.deliverer._release([message])
+            return []
+
+
+@dataclass
+class _Handed:
+    """Whether a message's rows are marked ``sending`` (the server may have it)."""
+
+    marked: bool = False
+
+
+class _NoSession:
+    """A session that could not be made: every message is answered "not tried"."""
+
+    def __init__(self, reason: str) -> None:
+        self.broken: str | None = reason
+
+    def send(self, out: object, before_data: object = None) -> SendResult:
+        """Never called (``broken`` is set)."""
+        raise RuntimeError(self.broken)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> _NoSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ClaimKeeper:
+    """Keeps a delivery pass's claims alive while their messages wait for a session.
+
+    A pass claims up to ``limit`` messages at a time and a slow server (or a low
+    ``SMTP_RATE_PER_MINUTE``) can take longer than a claim lasts to get through them: the
+    waiting ones are renewed every quarter of ``claim_seconds``. If a renewal fails, the
+    claim may run out and another pass take the message; this pass's mark is then refused
+    and it does not send it (never twice).
+    """
+
+    def __init__(self, queue: OutboundQueue, prefix: str, claim_seconds: float) -> None:
+        self.queue = queue
+        self.prefix = prefix
+        self.claim_seconds = claim_seconds
+        self.interval = max(claim_seconds / 4, 0.05)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start renewing (once; later calls do nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="deliver-claims", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing (the pass is over: its rows are answered or released)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.queue.renew_claims(self.prefix, self.claim_seconds)
+            except LedgerError as error:
+                log.debug("could not renew this pass's claims: %s", error)
 
 
 def default_transports(settings: Settings) -> TransportFactory:

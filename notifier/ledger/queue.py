@@ -3,16 +3,22 @@
 A run's emails are stored here *before* anything is sent, in one transaction that also
 moves the run to ``delivering``, fenced by the run's owner and attempt. Each email is
 keyed by its content identity within the run (``email_key``), so planning the same
-emails again (a re-attempt, in any order) adds nothing. Parts (charts, attachments) are
-stored once per sha256, compressed when that helps.
+emails again (a re-attempt, in any order) adds nothing. A recipient gets an email of a
+key at most once, and recipients are only ever added to a message that says the same
+thing (``content_sha``): planned again with other content, a key's new recipients get a
+message of their own (``<key>#<content>``), never someone else's. Parts (charts,
+attachments) are stored once per sha256, compressed when that helps.
 
 Delivery is a sequence of compare-and-set steps on each recipient row, so that several
 workers and nodes can share the queue and no recipient is mailed twice:
 
 1. :meth:`OutboundQueue.claim_due` takes due rows (``queued``/``deferred``, next attempt
-   reached) for this node for a while (``claimed_by``/``claimed_until``);
-2. :meth:`OutboundQueue.mark_sending` marks a message's rows ``sending`` just before its
-   SMTP transaction; a row found ``sending`` whose node died has an unknown outcome;
+   reached) for this node for a while (``claimed_by``/``claimed_until``), under a token
+   of this claim (``claim_token``): two delivery passes of one node never share a claim.
+   A pass keeps its claims alive while their messages wait (:meth:`renew_claims`);
+2. :meth:`OutboundQueue.mark_sending` moves a message's rows from waiting to ``sending``
+   under that claim just before its SMTP transaction (a row already ``sending`` is
+   never marked twice); a row found ``sending`` whose node died has an unknown outcome;
 3. :meth:`OutboundQueue.record` stores the answer (``delivered``, ``refused``,
    ``deferred`` with the next attempt, ``unknown``) and appends it to the delivery log.
 """
@@ -20,6 +26,7 @@ workers and nodes can share the queue and no recipient is mailed twice:
 from __future__ import annotations
 
 import json
+import secrets
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -78,6 +85,8 @@ class NewMessage:
     expires_at: datetime
     transport: str = "default"
     on_unknown: str = "skip"
+    # what the email says (planning's content_sha); "" when unknown (matches only "")
+    content_sha: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class DueMessage:
     on_unknown: str
     expires_at: datetime
     recipients: list[QueuedRecipient] = field(default_factory=list)
+    claim: str = ""  # the claim token the rows were taken under ("" for a message read)
 
 
 @dataclass(frozen=True)
@@ -162,8 +172,57 @@ def _insert_ignoring_duplicates(conn: Connection, table: Any) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
+def _rows_in(row_ids: Sequence[int]) -> Any:
+    """``recipients.id IN (...)``."""
+    return recipients_table.c.id.in_(list(row_ids))
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_REPLY else text[: MAX_REPLY - 1] + "…"
+
+
+def new_claim() -> str:
+    """A fresh claim token (a delivery pass makes its claims' tokens from one of these)."""
+    return secrets.token_hex(8)
+
+
+_VARIANT = "#"  # <key>#<content>: a key planned again with other content (never in a key)
+_UNCLAIMED = {"claimed_by": None, "claimed_until": None, "claim_token": None}
+
+
+@dataclass
+class _Family:
+    """The stored messages of one key in a run (the key itself and its content variants)."""
+
+    messages: list[tuple[int, str, str | None]] = field(default_factory=list)  # pk, key, sha
+    recipients: set[str] | None = None  # lower-cased, loaded when first needed
+
+
+class _RunKeys:
+    """The run's stored message keys, read once per transaction, by base key."""
+
+    def __init__(self, conn: Connection, run_id: str) -> None:
+        self.families: dict[str, _Family] = {}
+        rows = conn.execute(
+            select(
+                messages_table.c.id, messages_table.c.email_key, messages_table.c.content_sha
+            ).where(messages_table.c.run_id == run_id)
+        )
+        for pk, key, sha in rows:
+            self.add(pk, key, sha)
+
+    def add(self, pk: int, key: str, sha: str | None) -> None:
+        base = key.split(_VARIANT, 1)[0]
+        self.families.setdefault(base, _Family()).messages.append((pk, key, sha))
+
+
+def _variant(message: NewMessage) -> str:
+    """The key of ``message`` when its key was already stored with other content."""
+    return f"{message.email_key}{_VARIANT}{message.content_sha[:16] or 'unknown'}"
+
+
+# a run whose emails are queued (an enqueue's retry after a lost COMMIT answer finds this)
+_QUEUED_RUN = (RunStatus.DELIVERING.value, RunStatus.SUCCEEDED.value, RunStatus.FAILED.value)
 
 
 class OutboundQueue:
@@ -197,6 +256,7 @@ class OutboundQueue:
         alert_key, notes), the run moves from running to ``delivering`` in the same
         transaction.
         """
+        messages = list(messages)
         added = 0
         with self.db.tx(write=True) as conn:
             run = conn.execute(
@@ -206,8 +266,13 @@ class OutboundQueue:
             ).first()
             if run is None or run.owner != owner or run.attempt != attempt:
                 raise Fenced(f"run {run_id} is no longer held by {owner} at attempt {attempt}")
+            keys = _RunKeys(conn, run_id)
             if deliver is not None:
                 if run.status not in [s.value for s in (*ACTIVE_RUN, RunStatus.INTERRUPTED)]:
+                    if run.status in _QUEUED_RUN and self._all_stored(conn, keys, messages):
+                        # this very enqueue committed but its answer was lost (a dropped
+                        # connection at COMMIT): the retry finds its own work, done
+                        return 0
                     raise Fenced(f"run {run_id} is {run.status}, not running")
                 values = {"status": RunStatus.DELIVERING.value}
                 values.update({k: v for k, v in deliver.items() if v is not None})
@@ -217,20 +282,54 @@ class OutboundQueue:
             now = self.db.now()
             stored: set[str] = set()  # parts written in this transaction (a shared chart)
             for message in messages:
-                added += self._store(conn, run_id, message, now, stored)
+                added += self._store(conn, run_id, message, now, stored, keys)
         return added
+
+    def _all_stored(self, conn: Connection, keys: _RunKeys, messages: list[NewMessage]) -> bool:
+        """Are all ``messages``, with all their recipients, in the run already (same content)?"""
+        if not messages:
+            return False
+        for message in messages:
+            family = keys.families.get(message.email_key.split(_VARIANT, 1)[0])
+            if family is None or not any(
+                key in (message.email_key, _variant(message)) and (sha or "") == message.content_sha
+                for _, key, sha in family.messages
+            ):
+                return False
+            have = self._family_recipients(conn, family)
+            if any(address.lower() not in have for address in message.recipients):
+                return False
+        return True
 
     def add(self, run_id: str, messages: Iterable[NewMessage]) -> int:
         """Store messages for a run without fencing (notices about a run's delivery, written
         by whichever node settles it). Keyed like :meth:`enqueue`, so adding twice is a no-op.
         """
-        added = 0
         with self.db.tx(write=True) as conn:
-            now = self.db.now()
-            stored: set[str] = set()
-            for message in messages:
-                added += self._store(conn, run_id, message, now, stored)
+            return self.add_in(conn, run_id, messages)
+
+    def add_in(self, conn: Connection, run_id: str, messages: Iterable[NewMessage]) -> int:
+        """:meth:`add` inside the caller's transaction (a run settled with its notice)."""
+        added = 0
+        now = self.db.now()
+        stored: set[str] = set()
+        keys = _RunKeys(conn, run_id)
+        for message in messages:
+            added += self._store(conn, run_id, message, now, stored, keys)
         return added
+
+    def _family_recipients(self, conn: Connection, family: _Family) -> set[str]:
+        if family.recipients is None:
+            pks = [pk for pk, _, _ in family.messages]
+            family.recipients = {
+                address.lower()
+                for address in conn.execute(
+                    select(recipients_table.c.recipient).where(
+                        recipients_table.c.message_pk.in_(pks)
+                    )
+                ).scalars()
+            }
+        return family.recipients
 
     def _store(
         self,
@@ -238,19 +337,40 @@ class OutboundQueue:
         run_id: str,
         message: NewMessage,
         now: datetime,
-        stored: set[str] | None = None,
+        stored: set[str],
+        keys: _RunKeys,
     ) -> int:
+        """Store one message; returns the recipient rows added.
+
+        A recipient the run already has under this key (in any content) is never added
+        again; the others join the stored message that says the same thing, or a new one:
+        the key itself the first time, ``<key>#<content>`` when the key was stored with
+        other content (a re-attempt whose notebook changed it, two emails given one key).
+        """
         if message.purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}; got {message.purpose!r}")
-        if stored is None:
-            stored = set()
+        if _VARIANT in message.email_key:
+            raise ValueError(f"an email key cannot contain {_VARIANT!r}: {message.email_key!r}")
+        family = keys.families.get(message.email_key)
+        addresses = list(dict.fromkeys(message.recipients))
+        if family is not None:
+            have = self._family_recipients(conn, family)
+            addresses = [a for a in addresses if a.lower() not in have]
+            if not addresses:
+                return 0
+            same = [
+                (pk, key) for pk, key, sha in family.messages if (sha or "") == message.content_sha
+            ]
+            key = same[0][1] if same else _variant(message)
+        else:
+            key = message.email_key
         # a part shared by many emails of the run is written (or touched) once per transaction
         self._store_parts(conn, {k: v for k, v in message.parts.items() if k not in stored}, now)
         stored.update(message.parts)
         conn.execute(
             _insert_ignoring_duplicates(conn, messages_table).values(
                 run_id=run_id,
-                email_key=message.email_key,
+                email_key=key,
                 purpose=message.purpose,
                 message_id=message.message_id,
                 subject=message.subject,
@@ -259,16 +379,23 @@ class OutboundQueue:
                 spec=encode_spec(message.spec),
                 transport=message.transport,
                 on_unknown=message.on_unknown,
+                content_sha=message.content_sha or None,
                 created_at=now,
                 expires_at=as_utc(message.expires_at, "expires_at"),
             )
         )
-        message_pk = conn.execute(
-            select(messages_table.c.id).where(
+        message_pk, stored_sha = conn.execute(
+            select(messages_table.c.id, messages_table.c.content_sha).where(
                 messages_table.c.run_id == run_id,
-                messages_table.c.email_key == message.email_key,
+                messages_table.c.email_key == key,
             )
-        ).scalar_one()
+        ).one()
+        if (stored_sha or "") != message.content_sha:
+            # only when another transaction stored this key meanwhile (unfenced notices)
+            return 0
+        if family is None or all(pk != message_pk for pk, _, _ in family.messages):
+            keys.add(message_pk, key, stored_sha)
+            family = keys.families[message.email_key]
         if message.parts:
             conn.execute(
                 _insert_ignoring_duplicates(conn, part_links_table),
@@ -285,7 +412,7 @@ class OutboundQueue:
                 "reply": "",
                 "updated_at": now,
             }
-            for address in dict.fromkeys(message.recipients)
+            for address in addresses
         ]
         if not rows:
             return 0
@@ -295,6 +422,8 @@ class OutboundQueue:
             _insert_ignoring_duplicates(conn, recipients_table).returning(recipients_table.c.id),
             rows,
         )
+        if family.recipients is not None:
+            family.recipients.update(a.lower() for a in addresses)
         return len(inserted.all())
 
     def _store_parts(self, conn: Connection, parts: dict[str, bytes], now: datetime) -> None:
@@ -365,16 +494,20 @@ class OutboundQueue:
         message_pks: Sequence[int] | None = None,
         claim_seconds: float = CLAIM_SECONDS,
         settled_for: float = 0.0,
+        claim: str | None = None,
     ) -> list[DueMessage]:
         """Claim due recipient rows (up to ``limit`` messages) for this node.
 
-        Due: ``queued`` or ``deferred`` with the next attempt reached, not claimed by a
-        live claim of another node. Whole messages are claimed (all their due rows), so
-        one SMTP transaction serves all their recipients. ``settled_for``: leave alone
-        rows changed in the last that many seconds (the background service leaves fresh
-        mail to the run that just queued it).
+        Due: ``queued`` or ``deferred`` with the next attempt reached, not under a live
+        claim (of another node, or of another pass of this one). Whole messages are claimed
+        (all their due rows), so one SMTP transaction serves all their recipients.
+        ``settled_for``: leave alone rows changed in the last that many seconds (the
+        background service leaves fresh mail to the run that just queued it). ``claim``:
+        the token of this claim (a fresh one by default), in each message's ``claim``;
+        the claim lasts ``claim_seconds`` unless :meth:`renew_claims` extends it.
         """
         self.nodes.ensure_registered()
+        claim = claim or new_claim()
         r = recipients_table
         with self.db.tx(write=True) as conn:
             now = self.db.db_now(conn)
@@ -398,7 +531,9 @@ class OutboundQueue:
                 update(r)
                 .where(due, r.c.message_pk.in_(pks))
                 .values(
-                    claimed_by=self.node_id, claimed_until=now + timedelta(seconds=claim_seconds)
+                    claimed_by=self.node_id,
+                    claimed_until=now + timedelta(seconds=claim_seconds),
+                    claim_token=claim,
                 )
             )
             rows = conn.execute(
@@ -407,6 +542,7 @@ class OutboundQueue:
                 .where(
                     r.c.message_pk.in_(pks),
                     r.c.claimed_by == self.node_id,
+                    r.c.claim_token == claim,
                     r.c.status.in_([s.value for s in WAITING]),
                 )
                 .order_by(r.c.message_pk, r.c.id)
@@ -428,59 +564,79 @@ class OutboundQueue:
                         transport=row["transport"],
                         on_unknown=row["on_unknown"],
                         expires_at=row["expires_at"],
+                        claim=claim,
                     )
                 messages[pk].recipients.append(
                     QueuedRecipient(row["id"], row["recipient"], row["attempts"])
                 )
         return [messages[pk] for pk in pks if pk in messages]
 
-    def mark_sending(self, row_ids: Sequence[int]) -> set[int]:
-        """Mark claimed rows ``sending`` (just before their SMTP transaction).
+    def _held(self, row_ids: Sequence[int], claim: str | None) -> list[Any]:
+        """WHERE clauses: these rows, held by this node (under ``claim`` when given)."""
+        clauses = [_rows_in(row_ids), recipients_table.c.claimed_by == self.node_id]
+        if claim is not None:
+            clauses.append(recipients_table.c.claim_token == claim)
+        return clauses
 
-        Returns the rows marked: a row another node claimed meanwhile is left out.
+    def mark_sending(self, row_ids: Sequence[int], *, claim: str | None = None) -> set[int]:
+        """Move claimed rows from waiting to ``sending`` (just before their SMTP transaction).
+
+        Returns the rows this call moved: a row another claim took meanwhile, or one
+        already ``sending`` (another pass is sending it, or a mark whose answer was lost)
+        is left out, so a message is marked once and sent once. ``claim``: only rows held
+        under that claim token (delivery passes always give it).
         """
         if not row_ids:
             return set()
         r = recipients_table
         with self.db.tx(write=True) as conn:
-            now = self.db.now()
-            mine = (
-                r.c.id.in_(list(row_ids)),
-                r.c.claimed_by == self.node_id,
-                r.c.status.in_([s.value for s in WAITING]),
+            moved = conn.execute(
+                update(r)
+                .where(*self._held(row_ids, claim), r.c.status.in_([s.value for s in WAITING]))
+                .values(status=RecipientStatus.SENDING.value, updated_at=self.db.now())
+                .returning(r.c.id)
             )
-            conn.execute(
-                update(r).where(*mine).values(status=RecipientStatus.SENDING.value, updated_at=now)
-            )
-            marked = conn.execute(
-                select(r.c.id).where(
-                    r.c.id.in_(list(row_ids)),
-                    r.c.claimed_by == self.node_id,
-                    r.c.status == RecipientStatus.SENDING.value,
-                )
-            ).scalars()
-            return set(marked)
+            return set(moved.scalars())
 
-    def unmark_sending(self, row_ids: Sequence[int]) -> None:
-        """Undo :meth:`mark_sending` for rows whose message was not sent after all."""
+    def unmark_sending(self, row_ids: Sequence[int], *, claim: str | None = None) -> set[int]:
+        """Undo :meth:`mark_sending` for rows whose message was not sent after all (the
+        server refused it before taking it, or the mark was refused for some of its rows);
+        they are ``queued`` again under the same claim. Returns the rows moved back."""
         if not row_ids:
-            return
+            return set()
         r = recipients_table
         with self.db.tx(write=True) as conn:
-            conn.execute(
+            moved = conn.execute(
+                update(r)
+                .where(*self._held(row_ids, claim), r.c.status == RecipientStatus.SENDING.value)
+                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+                .returning(r.c.id)
+            )
+            return set(moved.scalars())
+
+    def renew_claims(self, claim_prefix: str, claim_seconds: float = CLAIM_SECONDS) -> int:
+        """Extend this node's claims whose token starts with ``claim_prefix`` (a delivery
+        pass's claims) on rows still waiting: a message waiting its turn in a slow pass
+        is not taken by another pass. Returns the rows renewed."""
+        r = recipients_table
+        with self.db.tx(write=True) as conn:
+            now = self.db.db_now(conn)
+            result = conn.execute(
                 update(r)
                 .where(
-                    r.c.id.in_(list(row_ids)),
                     r.c.claimed_by == self.node_id,
-                    r.c.status == RecipientStatus.SENDING.value,
+                    r.c.claim_token.startswith(claim_prefix, autoescape=True),
+                    r.c.status.in_([s.value for s in WAITING]),
                 )
-                .values(status=RecipientStatus.QUEUED.value, updated_at=self.db.now())
+                .values(claimed_until=now + timedelta(seconds=claim_seconds))
             )
+            return max(result.rowcount, 0)
 
-    def record(self, answers: Sequence[Answer]) -> set[int]:
-        """Store answers for rows this node holds; returns the rows updated.
+    def record(self, answers: Sequence[Answer], *, claim: str | None = None) -> set[int]:
+        """Store answers for rows this node holds (under ``claim`` when given); returns the
+        rows updated.
 
-        A row another node has taken since (its claim ran out, or a sweep judged this
+        A row another claim has taken since (its claim ran out, or a sweep judged this
         node dead) is left alone: its new holder decides.
         """
         if not answers:
@@ -520,12 +676,11 @@ class OutboundQueue:
                 if answer.tried:
                     values.update(attempts=r.c.attempts + 1, last_attempt_at=now)
                 if final_or_deferred:
-                    values.update(claimed_by=None, claimed_until=None)
+                    values.update(_UNCLAIMED)
                 result = conn.execute(
                     update(r)
                     .where(
-                        r.c.id == answer.row_id,
-                        r.c.claimed_by == self.node_id,
+                        *self._held([answer.row_id], claim),
                         r.c.status.in_([s.value for s in PENDING]),
                     )
                     .values(**values)
@@ -551,20 +706,17 @@ class OutboundQueue:
                     )
         return updated
 
-    def release(self, row_ids: Sequence[int]) -> None:
-        """Give claimed rows that were not tried back to the queue (e.g. on shutdown)."""
+    def release(self, row_ids: Sequence[int], *, claim: str | None = None) -> None:
+        """Give claimed rows that were not tried back to the queue (e.g. on shutdown);
+        with ``claim``, only rows still held under that claim."""
         if not row_ids:
             return
         r = recipients_table
         with self.db.tx(write=True) as conn:
             conn.execute(
                 update(r)
-                .where(
-                    r.c.id.in_(list(row_ids)),
-                    r.c.claimed_by == self.node_id,
-                    r.c.status.in_([s.value for s in WAITING]),
-                )
-                .values(claimed_by=None, claimed_until=None)
+                .where(*self._held(row_ids, claim), r.c.status.in_([s.value for s in WAITING]))
+                .values(**_UNCLAIMED)
             )
 
     def sweep_dead_claims(self) -> list[QueueRow]:
@@ -616,8 +768,7 @@ class OutboundQueue:
                             status=status.value,
                             reply=_clip(reply),
                             code=None,
-                            claimed_by=None,
-                            claimed_until=None,
+                            **_UNCLAIMED,
                             next_attempt_at=now if resend else None,
                             updated_at=now,
                         )
@@ -628,7 +779,7 @@ class OutboundQueue:
                 conn.execute(
                     update(r)
                     .where(r.c.claimed_by == owner, r.c.status.in_([s.value for s in WAITING]))
-                    .values(claimed_by=None, claimed_until=None)
+                    .values(**_UNCLAIMED)
                 )
         return self.rows(row_ids=touched)
 
@@ -660,8 +811,7 @@ class OutboundQueue:
                         status=RecipientStatus.EXPIRED.value,
                         reply=_clip(reply),
                         next_attempt_at=None,
-                        claimed_by=None,
-                        claimed_until=None,
+                        **_UNCLAIMED,
                         updated_at=now,
                     )
                 )
@@ -747,18 +897,23 @@ class OutboundQueue:
             ids = list(conn.execute(select(r.c.id).where(*where)).scalars())
             if not ids:
                 return []
-            conn.execute(
-                update(r)
-                .where(r.c.id.in_(ids))
-                .values(
-                    status=RecipientStatus.QUEUED.value,
-                    next_attempt_at=now,
-                    claimed_by=None,
-                    claimed_until=None,
-                    updated_at=now,
-                )
+            # The UPDATE repeats the condition: on PostgreSQL (READ COMMITTED) a row that
+            # another node marked sending or delivered since the SELECT must stay as it is.
+            moved = set(
+                conn.execute(
+                    update(r)
+                    .where(r.c.id.in_(ids), *where)
+                    .values(
+                        status=RecipientStatus.QUEUED.value,
+                        next_attempt_at=now,
+                        **_UNCLAIMED,
+                        updated_at=now,
+                    )
+                    .returning(r.c.id)
+                ).scalars()
             )
-            if message_pk is not None and not all_:
+            ids = [row_id for row_id in ids if row_id in moved]
+            if ids and message_pk is not None and not all_:
                 # an explicit retry of an expired message gives it a new lifetime
                 conn.execute(
                     update(messages_table)
@@ -788,21 +943,23 @@ class OutboundQueue:
             if recipient is not None:
                 where.append(func.lower(r.c.recipient) == recipient.lower())
             ids = list(conn.execute(select(r.c.id).where(*where)).scalars())
+            dropped = []
             for row_id in ids:
-                conn.execute(
+                done = conn.execute(
                     update(r)
                     .where(r.c.id == row_id, r.c.status.in_([s.value for s in WAITING]))
                     .values(
                         status=RecipientStatus.DROPPED.value,
                         reply="dropped by notifier queue drop",
                         next_attempt_at=None,
-                        claimed_by=None,
-                        claimed_until=None,
+                        **_UNCLAIMED,
                         updated_at=now,
                     )
                 )
-                self._log(conn, row_id, RecipientStatus.DROPPED.value, None, "dropped", now)
-        return ids
+                if done.rowcount == 1:  # not one another node marked sending meanwhile
+                    dropped.append(row_id)
+                    self._log(conn, row_id, RecipientStatus.DROPPED.value, None, "dropped", now)
+        return dropped
 
     # ----------------------------------------------------------------- reading
 

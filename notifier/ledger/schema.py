@@ -181,6 +181,9 @@ messages_table = Table(
     Column("spec", LargeBinary, nullable=False),  # zlib-compressed JSON, see ledger.messages
     Column("transport", String(16), nullable=False),  # default | outbox
     Column("on_unknown", String(8), nullable=False),  # skip | resend
+    # what the email says (sha256 of its content without the Bcc envelope): a re-attempt
+    # that plans the same key with other content never joins this message (planning.py)
+    Column("content_sha", String(64)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     UniqueConstraint("run_id", "email_key", name="uq_messages_run_key"),
@@ -226,6 +229,9 @@ recipients_table = Table(
     # claimant have an unknown outcome
     Column("claimed_by", String(300)),
     Column("claimed_until", UTCDateTime),
+    # which claim of that node (one per claim of a delivery pass): a row is marked,
+    # answered and released only under the claim that took it
+    Column("claim_token", String(64)),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("message_pk", "recipient", name="uq_recipients_message_rcpt"),
     Index("ix_recipients_due", "status", "next_attempt_at"),
@@ -257,6 +263,8 @@ _ADDED_IN_2 = (
     ("runs", "failure_recipients", "TEXT"),
     ("runs", "progress", "TEXT"),
     ("deliveries", "recipient_pk", "INTEGER"),
+    ("messages", "content_sha", "VARCHAR(64)"),
+    ("recipients", "claim_token", "VARCHAR(64)"),
 )
 
 
@@ -268,12 +276,14 @@ def migrate(conn: Connection, stored: int) -> None:
     """
     if stored >= SCHEMA_VERSION:
         return
+    inspector = inspect(conn)
     existing = {
-        table: {column["name"] for column in inspect(conn).get_columns(table)}
-        for table in ("runs", "deliveries")
+        table: {column["name"] for column in inspector.get_columns(table)}
+        for table in {table for table, _, _ in _ADDED_IN_2}
+        if inspector.has_table(table)
     }
     for table, column, sql_type in _ADDED_IN_2:
-        if column not in existing[table]:
+        if table in existing and column not in existing[table]:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
     # create_all makes the indexes of new tables only
     for index in runs_table.indexes:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from notifier.errors import LedgerError
 from notifier.ledger.database import Database
 from notifier.ledger.nodes import NodeRegistry, new_node_id
-from notifier.ledger.queue import OutboundQueue
+from notifier.ledger.queue import NewMessage, OutboundQueue
 from notifier.ledger.schema import (
     SCHEMA_VERSION,
     as_utc,
@@ -390,8 +390,19 @@ class Ledger:
         result = conn.execute(update(runs_table).where(*mine).values(**values))
         return result.rowcount == 1
 
-    def complete_delivery(self, run_id: str, status: str, *, error: str | None = None) -> bool:
-        """``delivering`` -> ``succeeded``/``failed`` once its mail is settled (any node)."""
+    def complete_delivery(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        notices: Sequence[NewMessage] = (),
+    ) -> bool:
+        """``delivering`` -> ``succeeded``/``failed`` once its mail is settled (any node).
+
+        ``notices`` (what was not delivered, for the failure recipients) are queued in the
+        same transaction: a run never ends without them, nor are they queued twice.
+        """
         check_choice(status, (RunStatus.SUCCEEDED, RunStatus.FAILED), "status")
         where = (
             runs_table.c.run_id == run_id,
@@ -405,6 +416,8 @@ class Ledger:
             if error is not None:
                 values["error"] = clip(error, MAX_TEXT, "error")
             result = conn.execute(update(runs_table).where(*where).values(**values))
+            if result.rowcount == 1 and notices:
+                self.queue.add_in(conn, run_id, notices)
         return result.rowcount == 1
 
     def _outcome(

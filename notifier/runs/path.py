@@ -37,7 +37,7 @@ from notifier.delivery.notices import (
     recovery_email,
     run_failed_email,
 )
-from notifier.delivery.planning import plan_email
+from notifier.delivery.planning import check_keys, plan_email
 from notifier.delivery.worker import (
     Deliverer,
     Outcome,
@@ -372,6 +372,7 @@ class RunPath:
         output = str(execution.output_notebook)
         extra = self._output_attachment(job, execution, result)
         try:
+            check_keys(execution.emails)  # two emails with one key= would be taken for one
             messages = [
                 self._plan(
                     job, replace(mail, attachments=[*mail.attachments, *extra]), kind, result

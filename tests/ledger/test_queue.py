@@ -1,6 +1,9 @@
-"""The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing, content keys, claims,
-the sending mark, answers, dead nodes, expiry, operators' retry and drop, and the upgrade
-of a schema-1 ledger."""
+"""The outbound queue in the ledger, on real SQLite files and PostgreSQL databases: fencing,
+content keys (a key planned again with other content never gains recipients), claims and
+their tokens (a row is marked sending once, under the claim that holds it; a pass keeps
+its claims alive), the sending mark, answers, dead nodes, expiry, operators' retry and drop
+(never undoing another node's delivery), an enqueue whose COMMIT answer was lost, and the
+upgrade of a schema-1 ledger."""
 
 from __future__ import annotations
 
@@ -9,14 +12,17 @@ import random
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledgers import expire_lease, run_sql
-from queued import message
+from queued import deliver_everything, message
+from sqlalchemy import event
 
-from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, RecipientStatus
+from notifier.ledger import SCHEMA_VERSION, Fenced, Ledger, LedgerError, RecipientStatus
 from notifier.ledger.queries import run_rows
 from notifier.ledger.queue import Answer
 
@@ -91,6 +97,86 @@ def test_the_same_emails_in_another_order_add_nothing(ledger: Ledger) -> None:
     assert ledger.queue.enqueue(run.run_id, 1, ledger.owner, grown) == 1
     assert len(ledger.queue.messages_of(run.run_id)) == 2
     assert sorted(statuses(ledger, run.run_id)) == ["a@x.org", "b@x.org", "c@x.org"]
+
+
+def test_a_key_planned_again_with_other_content_never_gains_recipients(ledger: Ledger) -> None:
+    run = running(ledger)
+
+    def planned(*recipients: str, content: str) -> Any:
+        made = message(*recipients, key="k:north")
+        return replace(made, content_sha=content * 64, spec={**made.spec, "subject": content})
+
+    def enqueue(*messages: Any) -> int:
+        return ledger.queue.enqueue(run.run_id, 1, ledger.owner, list(messages))
+
+    assert enqueue(planned("a@x.org", content="A")) == 1
+    assert enqueue(planned("a@x.org", content="A")) == 0  # a re-attempt: the same email
+    assert enqueue(planned("a@x.org", "b@x.org", content="A")) == 1  # a Bcc added: joins it
+    # Other content under the key: a and b have the key's email already (never twice); c
+    # gets the new content in a message of its own, never the one a and b got.
+    assert enqueue(planned("a@x.org", "c@x.org", content="B")) == 1
+    assert enqueue(planned("c@x.org", content="B"), planned("b@x.org", content="B")) == 0
+    rows = {r.recipient: r for r in ledger.queue.rows(run_ids=[run.run_id])}
+    assert rows["a@x.org"].message_pk == rows["b@x.org"].message_pk != rows["c@x.org"].message_pk
+    assert (rows["a@x.org"].email_key, rows["c@x.org"].email_key) == (
+        "k:north",
+        "k:north#" + "B" * 16,
+    )
+    other = ledger.queue.message(rows["c@x.org"].message_pk)
+    assert other is not None and other.spec["subject"] == "B"
+    # two emails with one key in one batch (planning refuses them; the queue never merges)
+    assert enqueue(replace(planned("d@x.org", content="C"), email_key="k:south"),
+                   replace(planned("e@x.org", content="D"), email_key="k:south")) == 2  # fmt: skip
+    south = [
+        r for r in ledger.queue.rows(run_ids=[run.run_id]) if r.recipient in {"d@x.org", "e@x.org"}
+    ]
+    assert len({r.message_pk for r in south}) == 2
+
+
+def test_an_enqueue_tried_again_after_it_committed_finds_its_own_work(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    me = make_ledger(owner="me")
+    run = running(me)
+    planned = [message("a@x.org", key="k:1"), message("b@x.org", key="k:2")]
+    assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 2
+    # the same call again (its first answer was lost): done, not fenced
+    assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 0
+    stored = me.get(run.run_id)
+    assert stored is not None and stored.status == "delivering"
+    assert statuses(me, run.run_id) == {"a@x.org": "queued", "b@x.org": "queued"}
+    # other emails, another owner or attempt: still fenced
+    with pytest.raises(Fenced):
+        me.queue.enqueue(run.run_id, 1, me.owner, [message("c@x.org", key="k:3")], deliver={})
+    with pytest.raises(Fenced):
+        me.queue.enqueue(run.run_id, 2, me.owner, planned, deliver={})
+
+
+def test_an_enqueue_whose_commit_answer_was_lost_is_done_when_tried_again(
+    postgres_url: str,
+) -> None:
+    with Ledger(postgres_url, owner="me") as me:
+        run = running(me)
+        planned = [message("a@x.org", key="k:1"), message("b@x.org", key="k:2")]
+        lost: list[bool] = []
+
+        def lose_the_answer(conn: Any) -> None:
+            # the server commits, then the connection drops before the client hears it
+            if not lost:
+                lost.append(True)
+                raw = conn.connection.dbapi_connection
+                raw.commit()
+                raw.close()
+
+        event.listen(me.db.engine, "commit", lose_the_answer)
+        with pytest.raises(LedgerError):
+            me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"})
+        event.remove(me.db.engine, "commit", lose_the_answer)
+        assert lost and statuses(me, run.run_id) == {"a@x.org": "queued", "b@x.org": "queued"}
+        # the run path's patience calls it again: its own completed work, not a takeover
+        assert me.queue.enqueue(run.run_id, 1, me.owner, planned, deliver={"notes": "sent"}) == 0
+        stored = me.get(run.run_id)
+        assert stored is not None and stored.status == "delivering"
 
 
 def test_a_part_shared_by_many_emails_is_stored_once(ledger: Ledger, db_url: str) -> None:
@@ -170,6 +256,44 @@ def test_sending_mark_and_answers_only_for_the_claimant(
     assert me.queue.next_due() == retry_at
 
 
+def test_a_row_is_marked_sending_once_and_only_under_the_claim_that_holds_it(
+    ledger: Ledger,
+) -> None:
+    run = running(ledger)
+    ledger.queue.enqueue(run.run_id, 1, ledger.owner, [message("a@x.org", "b@x.org")])
+    (stale,) = ledger.queue.claim_due(claim_seconds=0.0)  # a claim that ran out at once
+    (fresh,) = ledger.queue.claim_due()  # another pass of this node takes the rows
+    assert stale.claim != fresh.claim
+    a, b = ids = [r.row_id for r in stale.recipients]
+    assert ledger.queue.mark_sending(ids, claim=stale.claim) == set()
+    assert ledger.queue.mark_sending(ids, claim=fresh.claim) == {a, b}
+    # marked once: asking again (any claim, or none) does not report them as marked
+    assert ledger.queue.mark_sending(ids, claim=fresh.claim) == set()
+    assert ledger.queue.mark_sending(ids) == set()
+    # the stale claim can neither answer, nor release, nor unmark them
+    answer = [Answer(a, RecipientStatus.DELIVERED, 250, "OK")]
+    assert ledger.queue.record(answer, claim=stale.claim) == set()
+    assert ledger.queue.unmark_sending(ids, claim=stale.claim) == set()
+    assert ledger.queue.record(answer, claim=fresh.claim) == {a}
+    # the server refused the message before taking it: b goes back to the queue
+    assert ledger.queue.unmark_sending(ids, claim=fresh.claim) == {b}
+    ledger.queue.release([b], claim=fresh.claim)
+    assert statuses(ledger, run.run_id) == {"a@x.org": "delivered", "b@x.org": "queued"}
+    assert [r.address for m in ledger.queue.claim_due() for r in m.recipients] == ["b@x.org"]
+
+
+def test_a_pass_keeps_its_claims_alive_while_its_messages_wait(ledger: Ledger) -> None:
+    run = running(ledger)
+    ledger.queue.enqueue(
+        run.run_id, 1, ledger.owner, [message("a@x.org", key="1"), message("b@x.org", key="2")]
+    )
+    sending, waiting = ledger.queue.claim_due(claim_seconds=0.0, claim="pass-1.0")
+    assert ledger.queue.mark_sending([r.row_id for r in sending.recipients], claim="pass-1.0")
+    assert ledger.queue.renew_claims("pass-2.") == 0  # another pass's prefix
+    assert ledger.queue.renew_claims("pass-1.") == 1  # the waiting row (sending needs none)
+    assert ledger.queue.claim_due() == []  # nobody else takes b while the pass holds it
+
+
 def test_rows_of_a_dead_node_are_settled(make_ledger: Callable[..., Ledger], db_url: str) -> None:
     dead = make_ledger(owner="dead")
     me = make_ledger(owner="me")
@@ -242,6 +366,27 @@ def test_operators_retry_and_drop(ledger: Ledger) -> None:
     assert ledger.queue.drop(message_pk=second.message_pk) == [second.recipients[0].row_id]
     assert statuses(ledger, run.run_id)["c@x.org"] == "dropped"
     assert ledger.queue.drop(message_pk=second.message_pk) == []
+
+
+def test_retry_leaves_alone_a_row_another_node_delivers_meanwhile(postgres_url: str) -> None:
+    # PostgreSQL only: SQLite's writers take the file's lock up front (BEGIN IMMEDIATE), so
+    # nothing can happen between retry's SELECT and its UPDATE there.
+    with Ledger(postgres_url, owner="node-a") as node, Ledger(postgres_url) as operator:
+        run = running(node)
+        node.queue.enqueue(run.run_id, 1, node.owner, [message("boss@x.org")])
+        delivered: list[bool] = []
+
+        def deliver_in_between(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            # `notifier queue retry --all` read the row (queued); before it updates it,
+            # node A claims, sends and records it
+            if statement.startswith("UPDATE recipients") and not delivered:
+                delivered.append(True)
+                deliver_everything(node)
+
+        event.listen(operator.db.engine, "before_cursor_execute", deliver_in_between)
+        assert operator.queue.retry(all_=True) == []
+        assert delivered and statuses(node, run.run_id) == {"boss@x.org": "delivered"}
+        assert node.queue.claim_due() == []  # never sent again
 
 
 # ------------------------------------------------------------------- upgrade
