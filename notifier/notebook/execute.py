@@ -154,7 +154,12 @@ def _parameter_strings(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
+def refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
+    """RunError when a parameter (a key or any value, nested too) holds a secret.
+
+    The run path checks before it claims a run (the ledger stores the parameters), and
+    :func:`execute` again before the worker starts (the output notebook keeps them).
+    """
     texts = _parameter_strings(parameters)
     if any(secret and secret in text for secret in secrets for text in texts):
         raise RunError(
@@ -175,7 +180,7 @@ def execute(
     """
     notebook = Path(request.notebook).resolve()
     check_parameters(notebook, request.parameters)
-    _refuse_secret_parameters(request.parameters, settings.secrets())
+    refuse_secret_parameters(request.parameters, settings.secrets())
     run_id = request.run_id or new_run_id()
     scheduled_for = request.scheduled_for or datetime.now(timezone.utc)
     run_dir = run_folder(settings.runs_dir, request.name, run_id, scheduled_for).resolve()

@@ -48,10 +48,11 @@ from notifier.delivery.worker import (
 from notifier.errors import MessageError, NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Fenced, Ledger, LedgerError, Run
+from notifier.ledger.queries import redacted
 from notifier.ledger.queue import NewMessage
 from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
-from notifier.notebook.execute import Execution, RunRequest, execute
+from notifier.notebook.execute import Execution, RunRequest, execute, refuse_secret_parameters
 from notifier.runs import alerts
 from notifier.runs import files as run_files
 from notifier.runs.retention import apply_retention
@@ -160,13 +161,16 @@ class RunPath:
         if self.paused(job, slot):
             return None
         with self._claims:
+            # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden;
+            # the execution refuses it, so the slot ends failed with the cause, and its
+            # failure email says so
             run = self.ledger.claim(
                 job.name,
                 slot,
                 trigger=trigger,
                 recipients=job.to,
                 notebook=str(job.notebook),
-                parameters=job.parameters,
+                parameters=self._stored_parameters(job),
                 failure_recipients=job.failure_recipients,
             )
             if run is not None:
@@ -200,8 +204,10 @@ class RunPath:
         """Claim a manual-lane run of ``job`` without executing it (then :meth:`execute_claimed`).
 
         The dashboard's "Run now" claims first, so it can show the new run at once while
-        the notebook executes in the background.
+        the notebook executes in the background. Parameters holding a secret are refused
+        (RunError) before anything is claimed: the ledger keeps a run's parameters.
         """
+        refuse_secret_parameters(job.parameters, self.settings.secrets())
         with self._claims:
             run = self.ledger.claim(
                 job.name,
@@ -209,7 +215,7 @@ class RunPath:
                 trigger="manual",
                 recipients=job.to,
                 notebook=str(job.notebook),
-                parameters=job.parameters,
+                parameters=self._stored_parameters(job),
                 failure_recipients=job.failure_recipients,
             )
             if run is not None:
@@ -217,6 +223,10 @@ class RunPath:
         if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
             raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
         return run
+
+    def _stored_parameters(self, job: Job) -> dict[str, Any]:
+        """The job's parameters as the ledger may keep them: secrets hidden."""
+        return redacted(dict(job.parameters), self.settings.secrets())
 
     # ------------------------------------------------------------- one run
 

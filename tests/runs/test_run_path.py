@@ -398,6 +398,60 @@ def test_parameter_holding_the_password_is_refused(tmp_path, simple_notebook, pa
     assert not settings.runs_dir.exists()
 
 
+def test_a_run_with_the_password_as_parameter_is_refused_before_it_is_claimed(
+    tmp_path, simple_notebook
+):
+    """``notifier run nb.ipynb -p region PASSWORD``: refused before the ledger (which keeps
+    a run's parameters for history, the API and the run page) records anything."""
+    (tmp_path / ".env").write_text(
+        f"SMTP_HOST=127.0.0.1\nSMTP_USER=u@example.com\nSMTP_PASSWORD={PASSWORD}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "NOTIFIER_"))}
+    command = [sys.executable, "-m", "notifier", "run", "simple.ipynb", "-p", "region"]
+    refused = subprocess.run(
+        [*command, f"x{PASSWORD}", "--to", "a@example.com", "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "contains the SMTP password" in refused.stderr
+    assert PASSWORD not in refused.stdout + refused.stderr
+    ledger = tmp_path / "notifier.db"
+    assert not ledger.exists() or PASSWORD.encode() not in ledger.read_bytes()
+    if ledger.exists():
+        with Ledger(f"sqlite:///{ledger}") as opened:
+            assert opened.history() == []
+
+
+def test_a_scheduled_slot_with_the_password_as_parameter_fails_without_storing_it(
+    tmp_path, simple_notebook
+):
+    """jobs.yaml ``parameters: {region: ${SMTP_PASSWORD}}``: the slot ends failed with the
+    cause and a failure email; the ledger keeps the parameters with the password hidden."""
+    settings = settings_in(
+        tmp_path, SMTP_HOST="127.0.0.1", SMTP_USER="u@example.com", SMTP_PASSWORD=PASSWORD
+    )
+    job = adhoc_job(
+        simple_notebook, name="leaky", parameters={"region": PASSWORD}, to=["a@example.com"]
+    )
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    transport = MemoryTransport()
+    with Ledger(url) as ledger:
+        result = RunPath(settings, ledger, transports=lambda _kind: transport).run_slot(
+            job, SCHEDULED
+        )
+        assert result is not None
+        stored = ledger.get(result.run.run_id)
+    assert stored is not None and stored.status == "failed"
+    assert "contains the SMTP password" in (stored.error or "")
+    assert stored.parameters == {"region": "***"}
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: leaky: A notebook parameter contains the SMTP password; "
+        "parameters are saved in the output notebook."
+    ]
+    assert PASSWORD.encode() not in (tmp_path / "ledger.db").read_bytes()
+    assert not settings.runs_dir.exists()
+
+
 def test_an_invalid_email_fails_the_run_before_anything_is_sent(tmp_path):
     notebook = write_notebook(
         tmp_path / "two.ipynb",

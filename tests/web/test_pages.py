@@ -472,3 +472,49 @@ def test_notifier_schedule_serves_the_dashboard_and_survives_a_taken_port(
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+def test_a_parameter_holding_the_password_is_hidden_and_run_now_refuses_it(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    root = make_project(tmp_path)
+    jobs = (root / "jobs.yaml").read_text(encoding="utf-8")
+    jobs = jobs.replace("parameters: {threshold: 5}", f"parameters: {{label: 'x {PASSWORD}'}}")
+    (root / "jobs.yaml").write_text(jobs, encoding="utf-8")
+    settings = project_settings(root, smtp=False).with_overrides(password=Secret(PASSWORD))
+    with Ledger(settings.db_url) as ledger:  # as a ledger written before the refusal kept it
+        old = ledger.claim(
+            "report",
+            datetime(2026, 1, 5, 7, 30, tzinfo=UTC),
+            parameters={"label": f"x {PASSWORD}", "nested": [{"k": PASSWORD}]},
+        )
+        assert old is not None
+        ledger.finish(old.run_id, "failed", error="an old run")
+    project = Project(root, settings, old, old)
+    web = serve(project, settings=settings)
+    form = web.client.get("/jobs/report/run").text
+    assert 'name="p.label" value="x ***"' in form
+    refused = web.client.post(
+        "/jobs/report/run", data={"csrf": web.csrf(), "p.label": "x ***", "dry_run": "1"}
+    )
+    assert refused.status_code == 400
+    assert "contains the SMTP password" in refused.text
+    runs = web.client.get("/api/runs").json()
+    assert [r["run_id"] for r in runs["runs"]] == [old.run_id]  # Run now claimed nothing
+    assert runs["runs"][0]["parameters"] == {"label": "x ***", "nested": [{"k": "***"}]}
+    page = web.client.get(f"/runs/{old.run_id}").text
+    assert "<th>label</th><td><code>x ***</code>" in page
+    for text in [form, refused.text, page, web.client.get(f"/api/runs/{old.run_id}").text]:
+        assert PASSWORD not in text
+    env = project.env() | {"SMTP_PASSWORD": PASSWORD}
+    history = subprocess.run(
+        [sys.executable, "-m", "notifier", "history", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert history.returncode == 0, history.stderr
+    assert PASSWORD not in history.stdout
+    assert json.loads(history.stdout)[0]["parameters"]["label"] == "x ***"
