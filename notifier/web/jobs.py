@@ -20,6 +20,7 @@ from starlette.routing import Route
 from notifier.errors import NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Ledger, RunStatus
+from notifier.ledger.database import shown_url
 from notifier.ledger.queries import last_runs
 from notifier.notebook.params import (
     RUN_METADATA,
@@ -126,7 +127,7 @@ def jobs_page(request: Request) -> Response:
         marks=hour_marks(now, WINDOW, zone),
         soonest=soonest,
         active=active,
-        ledger_url=dashboard.settings.db_url if ledger is None else ledger.url,
+        ledger_url=shown_url(dashboard.settings.db_url) if ledger is None else ledger.url,
     )
 
 

@@ -518,3 +518,22 @@ def test_a_parameter_holding_the_password_is_hidden_and_run_now_refuses_it(
     assert history.returncode == 0, history.stderr
     assert PASSWORD not in history.stdout
     assert json.loads(history.stdout)[0]["parameters"]["label"] == "x ***"
+
+
+def test_a_ledger_url_is_shown_without_its_password(
+    serve: ServeFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    """A PostgreSQL ledger with no tables yet: the jobs page names the URL, not its password
+    (the test cluster trusts local connections, so any password connects)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    root = make_project(tmp_path)
+    settings = project_settings(root, smtp=False).with_overrides(db_url=url)
+    project = Project(root, settings, None, None)  # type: ignore[arg-type] - nothing ran
+    web = serve(project, settings=settings)
+    page = web.client.get("/").text
+    assert PASSWORD not in page
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert f"Ledger: {html.escape(shown)}" in page and ":***@" in shown
+    assert PASSWORD not in web.client.get("/settings").text
