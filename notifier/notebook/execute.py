@@ -137,11 +137,16 @@ def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Pa
     raise RunError(f"Too many attempts in {base.parent}.", "remove old run folders")
 
 
-def _secret_files(notebook: Path) -> list[Path]:
-    """The project's ``.env`` (where SMTP_PASSWORD lives), which no notebook needs to read."""
+def _secret_files(notebook: Path, settings: Settings) -> list[Path]:
+    """The ``.env`` files (where SMTP_PASSWORD lives), which no notebook needs to read: the
+    one the settings were read from, the notebook's project's and the current folder's."""
     from notifier.project import project_root
 
-    candidates = {project_root(notebook.parent) / ".env", Path.cwd() / ".env"}
+    candidates = {
+        *settings.env_files,
+        project_root(notebook.parent) / ".env",
+        Path.cwd() / ".env",
+    }
     return sorted(path.resolve() for path in candidates if path.is_file())
 
 
@@ -197,7 +202,7 @@ def execute(
         "parameters": parameters,
         "cwd": str(notebook.parent),
         # the kernel cannot read these (Linux Landlock; see notifier.notebook.sandbox)
-        "hidden_files": [str(path) for path in _secret_files(notebook)],
+        "hidden_files": [str(path) for path in _secret_files(notebook, settings)],
         "kernel_name": request.kernel_name,
         "hide_code": request.hide_code,
         "cell_timeout": request.cell_timeout,

@@ -1018,3 +1018,42 @@ def test_the_kernel_cannot_read_the_projects_env(tmp_path):
     body = parse(transport.sent[0]).get_body(("plain",)).get_content()
     assert "PermissionError" in body and "a,b" in body  # .env hidden, the data is not
     assert PASSWORD not in body
+
+
+def test_the_kernel_cannot_read_the_env_the_settings_came_from(tmp_path, monkeypatch):
+    """jobs.yaml in proj/ runs ``notebook: ../nbs/x.ipynb``, started from another folder:
+    neither the notebook's folder nor the current one holds that .env, yet it is hidden."""
+    from notifier.notebook.sandbox import landlock_abi
+    from notifier.project import project_settings
+
+    if landlock_abi() < 1:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Linux Landlock is needed for this test in CI")
+        pytest.skip("this kernel has no Landlock: notebooks can read .env here (documented)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    env_file = project / ".env"
+    env_file.write_text(f"SMTP_HOST=127.0.0.1\nSMTP_USER=u@example.com\nSMTP_PASSWORD={PASSWORD}\n")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    notebook = write_notebook(
+        tmp_path / "nbs" / "x.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        try:
+            found = Path(env_file).read_text()
+        except OSError as error:
+            found = type(error).__name__
+        report.email("snoop", to="a@example.com").text(found)
+        """,
+        parameters='env_file = ""',
+    )
+    settings = project_settings(project)
+    assert settings.env_files == (env_file.resolve(),)
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook, parameters={"env_file": str(env_file)}), settings, transport)
+    assert outcome.status == "succeeded", outcome.error
+    body = parse(transport.sent[0]).get_body(("plain",)).get_content()
+    assert "PermissionError" in body
+    assert PASSWORD not in body
