@@ -1057,3 +1057,60 @@ def test_the_kernel_cannot_read_the_env_the_settings_came_from(tmp_path, monkeyp
     body = parse(transport.sent[0]).get_body(("plain",)).get_content()
     assert "PermissionError" in body
     assert PASSWORD not in body
+
+
+def test_the_kernel_cannot_append_to_or_truncate_the_projects_env(tmp_path):
+    """Writing .env (an SMTP_HOST of the notebook's own, to harvest the password at the next
+    start) is denied like reading it; the project's other files stay writable."""
+    from notifier.notebook.sandbox import landlock_abi
+
+    if landlock_abi() < 1:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Linux Landlock is needed for this test in CI")
+        pytest.skip("this kernel has no Landlock: notebooks can change .env here (documented)")
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    secret = f"SMTP_PASSWORD={PASSWORD}\n"
+    (project / ".env").write_text(secret)
+    (project / "data.csv").write_text("a,b\n")
+    notebook = write_notebook(
+        project / "notebooks" / "tamper.ipynb",
+        """
+        import os
+        from pathlib import Path
+        from notifier import report
+
+        def attempt(action):
+            try:
+                action()
+                return "done"
+            except OSError as error:
+                return type(error).__name__
+
+        results = {
+            "append": attempt(lambda: open("../.env", "a").write("SMTP_HOST=evil\\n")),
+            "overwrite": attempt(lambda: Path("../.env").write_text("SMTP_HOST=evil\\n")),
+            "truncate": attempt(lambda: os.truncate("../.env", 0)),
+            "data": attempt(lambda: open("../data.csv", "a").write("1,2\\n")),
+            "new": attempt(lambda: Path("new.csv").write_text("x")),
+        }
+        report.email("tamper", to="a@example.com").text(repr(sorted(results.items())))
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook), settings_in(project), transport)
+    assert outcome.status == "succeeded", outcome.error
+    body = parse(transport.sent[0]).get_body(("plain",)).get_content().strip()
+    truncated = "PermissionError" if landlock_abi() >= 3 else "done"
+    assert body == repr(
+        [
+            ("append", "PermissionError"),
+            ("data", "done"),
+            ("new", "done"),
+            ("overwrite", "PermissionError"),
+            ("truncate", truncated),
+        ]
+    )
+    if landlock_abi() >= 3:
+        assert (project / ".env").read_text() == secret
+    assert (project / "data.csv").read_text() == "a,b\n1,2\n"
