@@ -537,3 +537,41 @@ def test_a_ledger_url_is_shown_without_its_password(
     shown = make_url(url).render_as_string(hide_password=True)
     assert f"Ledger: {html.escape(shown)}" in page and ":***@" in shown
     assert PASSWORD not in web.client.get("/settings").text
+
+
+@pytest.mark.parametrize("token", ["configured", "generated"])
+def test_notifier_web_prints_only_a_generated_token(
+    project: Project, tmp_path: Path, token: str
+) -> None:
+    """stdout is the journal under systemd: a configured NOTIFIER_WEB_TOKEN stays out of it;
+    a token made for this run is printed in the URL (nobody else could know it)."""
+    env = project.env()
+    if token == "configured":
+        env["NOTIFIER_WEB_TOKEN"] = TOKEN
+    log = tmp_path / "web.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "web", "--host", "0.0.0.0", "--port", "0"],
+            cwd=project.root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        line = wait_until(
+            lambda: re.search(r"dashboard: .*", log.read_text()), 60, "the URL"
+        ).group(0)
+        url = re.match(r"dashboard: (http://\S+)", line).group(1)
+        if token == "configured":
+            assert line.endswith("/ (token from NOTIFIER_WEB_TOKEN)"), line
+            assert "token=" not in url
+            page = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+            assert page.status_code == 200
+        else:
+            assert "?token=" in url and "a token was generated" in log.read_text()
+            assert httpx.get(url, timeout=30, follow_redirects=True).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert TOKEN not in log.read_text()
