@@ -372,6 +372,12 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
         return
     execution.status = "succeeded"
     execution.emails = [_with_default_recipients(m, execution.request) for m in collected.emails]
+    execution.warnings += [
+        f"email {subject!r} is sent but not shown in the output notebook (its output was "
+        "captured with %%capture or removed with clear_output()); to show it, end a later "
+        "cell with it"
+        for subject in collected.not_shown
+    ]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -540,6 +540,58 @@ def test_unreadable_output_is_a_failure_with_a_failure_email(tmp_path, case):
     assert execution.failure["kind"] == "collect"
 
 
+def test_emails_hidden_from_the_output_are_still_sent_exactly_once(tmp_path):
+    # The output notebook does not show an email built in a %%capture cell, nor one whose
+    # output clear_output() removed; both are sent all the same, once, in their latest form.
+    notebook = write_notebook(
+        tmp_path / "hidden.ipynb",
+        """
+        from IPython.display import clear_output
+        from notifier import report
+        shown = report.email("Shown", to="shown@example.com")
+        shown.text("shown as usual")
+        """,
+        """
+        %%capture
+        captured = report.email("Captured", to="captured@example.com")
+        captured.text("built under capture")
+        """,
+        """
+        cleared = report.email("Cleared", to="cleared@example.com")
+        cleared.text("built, then cleared")
+        clear_output()
+        """,
+        'captured.text("changed in a later cell")',
+        "shown  # shown again in a later cell: still one email",
+    )
+    settings = settings_in(tmp_path)
+    transport = OutboxTransport(settings.outbox_dir)
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings, transport)
+
+    assert (outcome.status, outcome.error) == ("succeeded", None)
+    subjects = {b["subject"] for b in email_bundles(outcome.execution.output_notebook)}
+    assert subjects == {"Shown"}  # the other two left no trace in the output notebook
+    sent = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(settings.outbox_dir.glob("*.eml"))
+    ]
+    by_subject = {message["Subject"]: message for message in sent}
+    assert sorted(message["Subject"] for message in sent) == ["Captured", "Cleared", "Shown"]
+    assert [m.subject for m in outcome.execution.emails] == ["Shown", "Captured", "Cleared"]
+    assert [w for w in outcome.execution.warnings if "not shown" in w] == [
+        f"email {subject!r} is sent but not shown in the output notebook (its output was "
+        "captured with %%capture or removed with clear_output()); to show it, end a later "
+        "cell with it"
+        for subject in ("Captured", "Cleared")
+    ]
+    assert by_subject["Captured"]["To"] == "captured@example.com"
+    captured = by_subject["Captured"].get_body(("html",)).get_content()
+    assert "built under capture" in captured and "changed in a later cell" in captured
+    assert "built, then cleared" in by_subject["Cleared"].get_body(("html",)).get_content()
+    (row,) = outcome.history()
+    assert sorted(d["subject"] for d in row["deliveries"]) == ["Captured", "Cleared", "Shown"]
+
+
 # -- skip, failure, timeout, dead kernel -------------------------------------------------------
 
 
