@@ -9,9 +9,9 @@ its sha256. :data:`SKIP_MIME` marks ``report.skip()``. The environment variables
 how the runner talks to the kernel (the kernel never reads ``.env``).
 
 A notebook can keep an output from the notebook (``%%capture``) or remove it
-(``clear_output()``), so the kernel side also records every revision of an email as a
-file in ``parts/`` (:func:`record_email`); ``collect`` takes each email from both
-channels, once, in its latest revision.
+(``clear_output()``), so the kernel side also records every revision of an email, and
+the skip, as files in ``parts/`` (:func:`record_email`, :func:`record_skip`); ``collect``
+takes each email from both channels, once, in its latest revision.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ FROM_ENV = "NOTIFIER_FROM"
 # none, set by the runner so the preview (and the archive) shows who gets them.
 DEFAULT_RECIPIENTS_ENV = "NOTIFIER_DEFAULT_RECIPIENTS"
 FORMAT_VERSION = 1
-# in the parts folder: one JSON file per email (its latest bundle)
+# in the parts folder: one JSON file per email (its latest bundle), and the skip marker
 EMAILS_RECORD_DIR = "emails"
+SKIP_RECORD = "skip.json"
 
 
 def in_scheduled_run() -> bool:
@@ -87,6 +88,15 @@ def record_email(bundle: dict[str, Any], sequence: int, parts_dir: str | None) -
     _write_json(path, dict(bundle, sequence=sequence))
 
 
+def record_skip(reason: str, parts_dir: str | None) -> None:
+    """Kernel side: note ``report.skip(reason)`` in ``parts_dir`` (the first skip counts)."""
+    if not parts_dir:
+        return
+    path = Path(parts_dir) / SKIP_RECORD
+    if not path.exists():
+        _write_json(path, {"reason": reason})
+
+
 def default_recipients_environment(
     to: Iterable[str] = (), cc: Iterable[str] = (), bcc: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -130,28 +140,32 @@ def _outputs(notebook: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
-def _recorded(parts_dir: Path | None) -> list[dict[str, Any]]:
-    """The email bundles the kernel recorded, in order of creation."""
+def _recorded(parts_dir: Path | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The email bundles (in order of creation) and the skip reason the kernel recorded."""
     if parts_dir is None:
-        return []
+        return [], None
     bundles = []
     for path in sorted((parts_dir / EMAILS_RECORD_DIR).glob("*.json")):
         bundle = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(bundle, dict) and "email_id" in bundle:
             bundles.append(bundle)
     bundles.sort(key=lambda bundle: bundle.get("sequence", 0))
-    return bundles
+    skip = parts_dir / SKIP_RECORD
+    reason = None
+    if skip.is_file():
+        reason = str(json.loads(skip.read_text(encoding="utf-8")).get("reason", ""))
+    return bundles, reason
 
 
 def collect(output_notebook: Path, parts_dir: Path | None) -> Collected:
     """The emails (latest revision of each, in order of creation) and the skip marker.
 
-    Emails come from the output notebook's display bundles and from what the kernel
-    recorded in ``parts_dir``, so an output kept from the notebook (``%%capture``) or
-    cleared (``clear_output()``) loses no email; each email counts once.
+    Emails and the skip come from the output notebook's display bundles and from what the
+    kernel recorded in ``parts_dir``, so an output kept from the notebook (``%%capture``)
+    or cleared (``clear_output()``) loses nothing; each email counts once.
     """
     notebook = json.loads(output_notebook.read_text(encoding="utf-8"))
-    recorded = _recorded(parts_dir)
+    recorded, recorded_skip = _recorded(parts_dir)
     latest: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     shown: set[str] = set()
@@ -174,6 +188,8 @@ def collect(output_notebook: Path, parts_dir: Path | None) -> Collected:
         if isinstance(bundle, dict) and "email_id" in bundle:
             add(bundle)
             shown.add(bundle["email_id"])
+    if collected.skip_reason is None:
+        collected.skip_reason = recorded_skip
     collected.emails = [_email_from_bundle(latest[i], parts_dir) for i in order]
     collected.not_shown = [str(latest[i].get("subject", "")) for i in order if i not in shown]
     return collected

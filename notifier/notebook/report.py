@@ -40,6 +40,7 @@ from notifier.notebook.bundle import (
     in_scheduled_run,
     part_entry,
     record_email,
+    record_skip,
 )
 
 # Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
@@ -49,8 +50,14 @@ _created = itertools.count()  # orders the emails as the notebook creates them
 __all__ = ["EMAIL_MIME", "SKIP_MIME", "ReportEmail", "Skipped", "email", "skip", "in_scheduled_run"]
 
 
-class Skipped(Exception):  # noqa: N818 - reads as report.Skipped in notebooks
-    """Raised by :func:`skip` to stop the notebook; the run is recorded as skipped."""
+class Skipped(BaseException):  # noqa: N818 - reads as report.Skipped in notebooks
+    """Raised by :func:`skip` to stop the notebook; the run is recorded as skipped.
+
+    A ``BaseException``, like ``KeyboardInterrupt`` and ``SystemExit``: a notebook's own
+    ``try: ... except Exception:`` does not catch it, so the notebook stops where it
+    skipped. The run is skipped once :func:`skip` was called, even if the notebook catches
+    this (``except BaseException:``) and goes on: nothing is sent.
+    """
 
 
 def _as_list(value: Iterable[str] | str | None) -> list[str]:
@@ -353,7 +360,13 @@ def email(
 
 
 def skip(reason: str) -> None:
-    """Stop the notebook here: nothing is sent and the run is recorded as skipped."""
+    """Stop the notebook here: nothing is sent and the run is recorded as skipped.
+
+    Raises :class:`Skipped`, which ``except Exception:`` does not catch. The skip is
+    recorded in the run's parts folder as well as shown, so a ``%%capture`` cell or
+    ``clear_output()`` cannot hide it from the runner.
+    """
+    record_skip(reason, os.environ.get(PARTS_DIR_ENV))
     try:
         from IPython import get_ipython
         from IPython.display import display

@@ -623,6 +623,56 @@ def test_skip_sends_nothing_and_stops_the_notebook(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "where", ["try-except-exception", "try-except-baseexception", "captured-cell"]
+)
+def test_skip_cannot_be_swallowed_or_hidden_by_the_notebook(tmp_path, where):
+    # report.skip() inside the notebook's own `try: ... except Exception:` stops it at once;
+    # a skip caught by `except BaseException:`, or in a %%capture cell (which swallows every
+    # exception, and the skip marker with it), still skips, and no later cell runs
+    skipping = {
+        "try-except-exception": """
+            try:
+                report.skip("nothing new")
+            except Exception:
+                pass
+            Path("same-cell.txt").write_text("ran")
+            """,
+        "try-except-baseexception": """
+            try:
+                report.skip("nothing new")
+            except BaseException:
+                pass
+            """,
+        "captured-cell": """
+            %%capture
+            report.skip("nothing new")
+            """,
+    }[where]
+    notebook = write_notebook(
+        tmp_path / "alert.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        mail = report.email("Should not be sent", to="x@example.com")
+        mail.text("nothing")
+        """,
+        skipping,
+        'Path("after-skip.txt").write_text("ran")',
+    )
+    settings = settings_in(tmp_path)
+    transport = OutboxTransport(settings.outbox_dir)
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings, transport)
+
+    assert (outcome.status, outcome.error) == ("skipped", None)
+    assert outcome.execution.skip_reason == "nothing new"
+    assert not (tmp_path / "same-cell.txt").exists()
+    assert not (tmp_path / "after-skip.txt").exists()
+    assert not list(settings.outbox_dir.glob("*.eml"))
+    (row,) = outcome.history()
+    assert (row["status"], row["notes"], row["deliveries"]) == ("skipped", "nothing new", [])
+
+
 def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
     notebook = write_notebook(
         tmp_path / "failing.ipynb",
