@@ -160,6 +160,8 @@ class Settings:
     # Loaded with smtp=False: the SMTP problem that was set aside (the SMTP fields then hold
     # only what could be read); None when the SMTP settings are valid.
     smtp_error: ConfigError | None = field(default=None, repr=False, compare=False)
+    # the .env file(s) these settings were read from (hidden from notebook kernels)
+    env_files: tuple[Path, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def uses_outbox(self) -> bool:
@@ -244,7 +246,10 @@ def load_settings(
     ``smtp=False``: see :func:`parse_settings`.
     """
     values = read_environment(env, dotenv_path)
-    return parse_settings(values, smtp=smtp)
+    settings = parse_settings(values, smtp=smtp)
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        settings = replace(settings, env_files=(Path(dotenv_path).resolve(),))
+    return settings
 
 
 def _get(values: Mapping[str, str], name: str) -> str | None:

@@ -83,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         # the same query as the dashboard's /api/runs: one place says what history is
         rows = history_rows(
-            ledger, args.job, failed=args.failed, limit=args.limit, zone_of=zones.get
+            ledger,
+            args.job,
+            failed=args.failed,
+            limit=args.limit,
+            zone_of=zones.get,
+            secrets=settings.secrets(),
         )
         total = ledger.count_runs(args.job) if not rows else len(rows)
     finally:

@@ -73,7 +73,7 @@ def start_web(args: argparse.Namespace, jobs_path, daemon):  # noqa: ANN001, ANN
         )
         return None
     server.start()
-    announce(server.url, generated=config.token_generated)
+    announce(server)
     return server
 
 

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             assert data is not None
             _emit(data, args.output)
             return 0
-        (row,) = run_rows(ledger, [run], _job_zones(jobs_path).get)
+        (row,) = run_rows(ledger, [run], _job_zones(jobs_path).get, settings.secrets())
         emails = []
         for number, pk in enumerate(ledger.queue.messages_of(run.run_id), start=1):
             message = ledger.queue.message(pk)

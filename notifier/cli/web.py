@@ -7,6 +7,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from notifier.web.config import TOKEN_VARIABLE
+
+if TYPE_CHECKING:
+    from notifier.web.server import WebServer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,12 +42,21 @@ def web_environment(jobs_path: Path) -> dict[str, str]:
     return read_environment(dotenv_path=project_root(folder) / ".env")
 
 
-def announce(url: str, *, generated: bool) -> None:
-    """Print the dashboard's URL once (with the token, when there is one: like Jupyter)."""
-    print(f"dashboard: {url}", flush=True)
-    if generated:
+def announce(server: WebServer) -> None:
+    """Print the dashboard's URL once on stdout (the journal, under systemd).
+
+    A token generated for this run is in the URL, as Jupyter prints it: nobody else knows
+    it. A configured one (NOTIFIER_WEB_TOKEN) never is: whoever set it has it already,
+    and whoever reads the log must not get it.
+    """
+    config = server.config
+    if config.token and not config.token_generated:
+        print(f"dashboard: {server.base_url} (token from {TOKEN_VARIABLE})", flush=True)
+        return
+    print(f"dashboard: {server.url}", flush=True)
+    if config.token_generated:
         print(
-            "  (a token was generated for this run; set NOTIFIER_WEB_TOKEN to keep one)",
+            f"  (a token was generated for this run; set {TOKEN_VARIABLE} to keep one)",
             flush=True,
         )
 
@@ -64,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
-    announce(server.url, generated=config.token_generated)
+    announce(server)
     try:
         stop.wait()
     finally:

@@ -37,6 +37,18 @@ DEFAULT_URL = "sqlite:///notifier.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown or logged: its password (also one given as a
+    ``?password=`` query parameter) is ``***``."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(not a database URL)"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
 def _enable_wal(cursor: Any) -> None:
     """Switch a SQLite file to WAL, waiting for other processes doing the same.
 
@@ -105,7 +117,7 @@ class Database:
                 f"NOTIFIER_DB_URL is not a database URL: {exc}",
                 fix=f"use a URL such as {DEFAULT_URL} or postgresql+psycopg://user@host/db",
             ) from None
-        self.url = parsed.render_as_string(hide_password=True)
+        self.url = shown_url(url)
         self.sqlite = parsed.get_backend_name() == "sqlite"
         self.postgresql = parsed.get_backend_name() == "postgresql"
         if not create and self.sqlite:

@@ -17,6 +17,7 @@ from notifier.ledger.queue import QueueRow
 from notifier.ledger.schema import deliveries_table, run_files_table, runs_table
 from notifier.ledger.statuses import ACTIVE_RUN, WAITING, RecipientStatus, RunStatus
 from notifier.ledger.store import Ledger, Run, run_from_row
+from notifier.settings import redact
 
 ZoneOf = Callable[[str], tzinfo | None]
 
@@ -103,16 +104,33 @@ def run_file_names(ledger: Ledger, run_ids: Sequence[str]) -> dict[str, list[str
     return found
 
 
+def redacted(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` (run parameters: nested dicts and lists) with every secret in its keys and
+    text replaced by ``***``: what may be stored in the ledger or shown."""
+    if not secrets:
+        return value
+    if isinstance(value, dict):
+        return {redacted(k, secrets): redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item, secrets) for item in value]
+    if isinstance(value, str):
+        return redact(value, list(secrets))
+    return value
+
+
 def run_rows(
     ledger: Ledger,
     runs: Sequence[Run],
     zone_of: ZoneOf = lambda _job: None,
+    secrets: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Runs with their mail, per recipient, as dicts (one query for all their mail).
 
     ``host`` is the machine of the node that ran it (its run folder, ``output``, is on
     that machine); ``files`` are the files every node can read from the ledger
     (``output.html``, ``worker.log``, ``failure.json``: ``ledger.run_file(run_id, name)``).
+    ``secrets`` are hidden from the parameters (a ledger written before they were
+    refused may hold one).
     """
     run_ids = [run.run_id for run in runs]
     files = run_file_names(ledger, run_ids)
@@ -143,7 +161,7 @@ def run_rows(
                 "notes": run.notes,
                 "output": run.output_path,
                 "notebook": run.notebook,
-                "parameters": run.parameters,
+                "parameters": redacted(run.parameters, secrets),
                 "owner": run.owner,
                 "host": node_host(run.owner),
                 "files": files.get(run.run_id, []),
@@ -161,10 +179,11 @@ def history_rows(
     limit: int | None = 20,
     offset: int = 0,
     zone_of: ZoneOf = lambda _job: None,
+    secrets: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Runs newest first with their mail: what ``history --json`` prints and the API serves."""
     runs = ledger.history(job, failed=failed, limit=limit, status=status, offset=offset)
-    return run_rows(ledger, runs, zone_of)
+    return run_rows(ledger, runs, zone_of, secrets)
 
 
 def count_history(

@@ -137,11 +137,16 @@ def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Pa
     raise RunError(f"Too many attempts in {base.parent}.", "remove old run folders")
 
 
-def _secret_files(notebook: Path) -> list[Path]:
-    """The project's ``.env`` (where SMTP_PASSWORD lives), which no notebook needs to read."""
+def _secret_files(notebook: Path, settings: Settings) -> list[Path]:
+    """The ``.env`` files (where SMTP_PASSWORD lives), which no notebook needs to read: the
+    one the settings were read from, the notebook's project's and the current folder's."""
     from notifier.project import project_root
 
-    candidates = {project_root(notebook.parent) / ".env", Path.cwd() / ".env"}
+    candidates = {
+        *settings.env_files,
+        project_root(notebook.parent) / ".env",
+        Path.cwd() / ".env",
+    }
     return sorted(path.resolve() for path in candidates if path.is_file())
 
 
@@ -154,7 +159,12 @@ def _parameter_strings(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
+def refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> None:
+    """RunError when a parameter (a key or any value, nested too) holds a secret.
+
+    The run path checks before it claims a run (the ledger stores the parameters), and
+    :func:`execute` again before the worker starts (the output notebook keeps them).
+    """
     texts = _parameter_strings(parameters)
     if any(secret and secret in text for secret in secrets for text in texts):
         raise RunError(
@@ -175,7 +185,7 @@ def execute(
     """
     notebook = Path(request.notebook).resolve()
     check_parameters(notebook, request.parameters)
-    _refuse_secret_parameters(request.parameters, settings.secrets())
+    refuse_secret_parameters(request.parameters, settings.secrets())
     run_id = request.run_id or new_run_id()
     scheduled_for = request.scheduled_for or datetime.now(timezone.utc)
     run_dir = run_folder(settings.runs_dir, request.name, run_id, scheduled_for).resolve()
@@ -192,7 +202,7 @@ def execute(
         "parameters": parameters,
         "cwd": str(notebook.parent),
         # the kernel cannot read these (Linux Landlock; see notifier.notebook.sandbox)
-        "hidden_files": [str(path) for path in _secret_files(notebook)],
+        "hidden_files": [str(path) for path in _secret_files(notebook, settings)],
         "kernel_name": request.kernel_name,
         "hide_code": request.hide_code,
         "cell_timeout": request.cell_timeout,
@@ -362,6 +372,12 @@ def _finish_execution(execution: Execution, settings: Settings, timed_out: bool)
         return
     execution.status = "succeeded"
     execution.emails = [_with_default_recipients(m, execution.request) for m in collected.emails]
+    execution.warnings += [
+        f"email {subject!r} is sent but not shown in the output notebook (its output was "
+        "captured with %%capture or removed with clear_output()); to show it, end a later "
+        "cell with it"
+        for subject in collected.not_shown
+    ]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -3,9 +3,10 @@
 In JupyterLab an email shows a faithful preview (headers, HTML body with its
 charts, attachments with sizes) and ``send_test`` mails a copy now. Under
 ``notifier run`` the same calls leave a display bundle of MIME type
-:data:`EMAIL_MIME` in the executed notebook; the runner reads it back from the
-output notebook, so the archive records exactly what was sent. Binary parts are
-written beside the output notebook (``NOTIFIER_PARTS_DIR``), never inlined.
+:data:`EMAIL_MIME` in the executed notebook, and record it in the run's parts
+folder too (``NOTIFIER_PARTS_DIR``); the runner reads both, so an email whose output
+was captured (``%%capture``) or cleared (``clear_output()``) is still sent, once.
+Binary parts are written to the parts folder, never inlined.
 
 Example::
 
@@ -21,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import html as html_lib
+import itertools
 import os
 import uuid
 from collections.abc import Iterable
@@ -37,16 +39,25 @@ from notifier.notebook.bundle import (
     SKIP_MIME,
     in_scheduled_run,
     part_entry,
+    record_email,
+    record_skip,
 )
 
 # Preview images beyond this many bytes in one email show as placeholders, to keep notebooks small.
 PREVIEW_IMAGE_BUDGET = 4 * 1024 * 1024
+_created = itertools.count()  # orders the emails as the notebook creates them
 
 __all__ = ["EMAIL_MIME", "SKIP_MIME", "ReportEmail", "Skipped", "email", "skip", "in_scheduled_run"]
 
 
-class Skipped(Exception):  # noqa: N818 - reads as report.Skipped in notebooks
-    """Raised by :func:`skip` to stop the notebook; the run is recorded as skipped."""
+class Skipped(BaseException):  # noqa: N818 - reads as report.Skipped in notebooks
+    """Raised by :func:`skip` to stop the notebook; the run is recorded as skipped.
+
+    A ``BaseException``, like ``KeyboardInterrupt`` and ``SystemExit``: a notebook's own
+    ``try: ... except Exception:`` does not catch it, so the notebook stops where it
+    skipped. The run is skipped once :func:`skip` was called, even if the notebook catches
+    this (``except BaseException:``) and goes on: nothing is sent.
+    """
 
 
 def _as_list(value: Iterable[str] | str | None) -> list[str]:
@@ -70,6 +81,7 @@ class ReportEmail:
         key: str | None = None,
     ) -> None:
         self.email_id = uuid.uuid4().hex
+        self._sequence = next(_created)
         self.key = key
         self.subject = subject
         self.to = _as_list(to)
@@ -273,9 +285,18 @@ class ReportEmail:
         )
 
     def _changed(self) -> None:
-        """Bump the revision and refresh this email's output in the notebook."""
+        """Bump the revision, refresh this email's output in the notebook and record it.
+
+        The record (in the run's parts folder) is what the runner reads when the output
+        never reaches the output notebook (``%%capture``, ``clear_output()``).
+        """
         self._revision += 1
-        _publish(self)
+        shown = _publish(self)
+        parts_dir = os.environ.get(PARTS_DIR_ENV)
+        if parts_dir:
+            record_email(
+                shown[EMAIL_MIME] if shown else self.to_bundle(), self._sequence, parts_dir
+            )
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -294,14 +315,15 @@ def _shell() -> Any:
     return get_ipython()
 
 
-def _publish(mail: ReportEmail, *, new_view: bool = False) -> None:
+def _publish(mail: ReportEmail, *, new_view: bool = False) -> dict[str, Any] | None:
     """Show the email (first change) or update its output in place (later changes).
 
     The bundle is published raw: ``display(mail)`` would go through ``_ipython_display_``.
+    Returns the bundle published (None outside IPython).
     """
     shell = _shell()
     if shell is None:
-        return
+        return None
     from IPython.display import display
 
     bundle = mail._repr_mimebundle_()
@@ -312,6 +334,7 @@ def _publish(mail: ReportEmail, *, new_view: bool = False) -> None:
     else:
         mail._display.update(bundle, raw=True)
     object.__setattr__(mail, "_shown_in", shell.execution_count)
+    return bundle
 
 
 def email(
@@ -337,7 +360,13 @@ def email(
 
 
 def skip(reason: str) -> None:
-    """Stop the notebook here: nothing is sent and the run is recorded as skipped."""
+    """Stop the notebook here: nothing is sent and the run is recorded as skipped.
+
+    Raises :class:`Skipped`, which ``except Exception:`` does not catch. The skip is
+    recorded in the run's parts folder as well as shown, so a ``%%capture`` cell or
+    ``clear_output()`` cannot hide it from the runner.
+    """
+    record_skip(reason, os.environ.get(PARTS_DIR_ENV))
     try:
         from IPython import get_ipython
         from IPython.display import display

@@ -1,15 +1,23 @@
-"""Keep a notebook's kernel from reading the project's ``.env`` (Linux Landlock).
+"""Keep a notebook's kernel from reading or changing the project's ``.env`` (Linux Landlock).
 
 The notebook worker calls :func:`hide_files` before it starts the kernel. It uses
-Landlock (Linux 5.13 and later, no privileges needed): a ruleset that handles only
-*reading files* and grants it everywhere except on the hidden files, by granting every
-entry of each folder on the way to them but the one that leads there. Writing, listing
-folders and running programs are not restricted. The worker and the kernel it starts
-(and everything the kernel starts) inherit the restriction; the daemon does not.
+Landlock (Linux 5.13 and later, no privileges needed): a ruleset that handles *reading
+files*, *writing files* and (Linux 6.2 and later, Landlock ABI 3) *truncating files*, and
+grants them everywhere except on the hidden files, by granting every entry of each
+folder on the way to them but the one that leads there. So a notebook can neither read
+``.env`` (SMTP_PASSWORD) nor append to it (say, an SMTP_HOST of its own, to harvest the
+password at the next start). Listing folders, creating, renaming and removing files and
+running programs are not restricted. The worker and the kernel it starts (and
+everything the kernel starts) inherit the restriction; the daemon does not.
 
-Limits, also in the README: files created in those folders after the kernel started
-(and hard links to a hidden file elsewhere) are not covered the same way (new files in
-a folder on the way are not readable, hard links elsewhere are), and setuid programs
+Limits, also in the README: Landlock grants are per folder hierarchy, so denying a
+right *directly in* the project folder denies it there for every file. Hence renaming
+another file over ``.env`` or removing it stays possible (Landlock checks those on the
+folder: denying them would forbid creating or removing any file in the project root,
+``/tmp`` or ``$HOME``, whichever lie on the way); the runner reads ``.env`` afresh only
+at its next start. Files created after the kernel started directly in a folder on the
+way to ``.env`` (the project root, its parents) can be neither read nor written by the
+notebook; hard links to a hidden file made elsewhere are not covered; setuid programs
 (sudo) do not gain privileges inside a notebook (Landlock needs ``no_new_privs``). Where
 Landlock is missing (older kernels, other systems) nothing is hidden and
 :func:`hide_files` says so: notebook code is then trusted with the project's files.
@@ -27,7 +35,9 @@ from pathlib import Path
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # syscall numbers (all arches)
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
+_ACCESS_FS_WRITE_FILE = 1 << 1
 _ACCESS_FS_READ_FILE = 1 << 2
+_ACCESS_FS_TRUNCATE = 1 << 14  # Landlock ABI 3 (Linux 6.2)
 _PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -46,6 +56,12 @@ def landlock_abi() -> int:
     except (OSError, AttributeError):
         return 0
     return max(int(version), 0)
+
+
+def handled_access(abi: int) -> int:
+    """The file rights the ruleset takes away from the hidden files on this ABI."""
+    rights = _ACCESS_FS_READ_FILE | _ACCESS_FS_WRITE_FILE
+    return rights | _ACCESS_FS_TRUNCATE if abi >= 3 else rights
 
 
 def _grants(hidden: set[Path]) -> list[Path]:
@@ -69,7 +85,7 @@ def _grants(hidden: set[Path]) -> list[Path]:
 
 
 def hide_files(paths: Iterable[str | os.PathLike[str]]) -> str | None:
-    """Make ``paths`` unreadable for this process and its future children.
+    """Make ``paths`` unreadable and unwritable for this process and its future children.
 
     Returns None when done, else why nothing was hidden (to be logged once).
     """
@@ -77,10 +93,12 @@ def hide_files(paths: Iterable[str | os.PathLike[str]]) -> str | None:
     hidden = {p for p in hidden if p.exists()}
     if not hidden:
         return None
-    if landlock_abi() < 1:
+    abi = landlock_abi()
+    if abi < 1:
         return "Landlock is not available on this system: notebooks can read the project's .env"
     libc = _libc()
-    attr = struct.pack("=Q", _ACCESS_FS_READ_FILE)
+    access = handled_access(abi)
+    attr = struct.pack("=Q", access)
     ruleset = libc.syscall(_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), 0)
     if ruleset < 0:
         return f"Landlock refused a ruleset ({os.strerror(ctypes.get_errno())})"
@@ -91,7 +109,7 @@ def hide_files(paths: Iterable[str | os.PathLike[str]]) -> str | None:
             except OSError:
                 continue  # vanished or unreadable: nothing to grant
             try:
-                rule = struct.pack("=Qi", _ACCESS_FS_READ_FILE, fd)
+                rule = struct.pack("=Qi", access, fd)
                 if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, 0) < 0:
                     return f"Landlock refused a rule for {path} ({os.strerror(ctypes.get_errno())})"
             finally:

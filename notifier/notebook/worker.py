@@ -86,6 +86,27 @@ def choose_kernel(spec: dict[str, Any]) -> tuple[str | None, str | None, str | N
     return NATIVE_KERNEL_NAME, None if language else "python", warning
 
 
+class _StopAfterSkip(Exception):  # noqa: N818 - a stop, not a failure
+    """The notebook called ``report.skip()`` and went on (``%%capture`` or a caught skip)."""
+
+
+def _stop_after_skip() -> Any:
+    """An ``on_cell_start`` check: once ``report.skip()`` was recorded, no cell runs.
+
+    ``Skipped`` stops the notebook unless the notebook keeps it from papermill: a
+    ``%%capture`` cell swallows every exception, and ``except BaseException:`` catches it.
+    """
+    from notifier.notebook.bundle import PARTS_DIR_ENV, SKIP_RECORD
+
+    parts_dir = os.environ.get(PARTS_DIR_ENV)
+
+    def check(**_: Any) -> None:
+        if parts_dir and (Path(parts_dir) / SKIP_RECORD).exists():
+            raise _StopAfterSkip("report.skip() was called: the following cells do not run")
+
+    return check
+
+
 def _skip_slow_optional_imports() -> None:
     """Keep jsonschema from importing rfc3987_syntax (~2 s building a grammar at import).
 
@@ -121,6 +142,12 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     from notifier.notebook.progress import CellProgress
 
     progress = CellProgress(output.parent, Path(spec["notebook"]))  # progress.json, live
+    skipped = _stop_after_skip()
+
+    def cell_started(**cell: Any) -> None:
+        skipped(**cell)
+        progress.cell_started(**cell)
+
     try:
         kernel_name, language, warning = choose_kernel(spec)
         if warning:
@@ -138,8 +165,10 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             start_timeout=spec.get("start_timeout", 60),
             execution_timeout=spec.get("cell_timeout"),
             log_output=False,
-            on_cell_start=progress.cell_started,
+            on_cell_start=cell_started,
         )
+    except _StopAfterSkip as stop:  # the runner reads the skip from the parts folder
+        print(f"notifier: {stop}", flush=True)  # worker.log
     except Exception as error:  # every failure is reported through result.json
         details = _error_details(error, output, spec.get("cell_timeout"))
         result = {"status": "error", "error": details, "timings": timings}

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from notifier.ledger import Ledger, LedgerError, Run
 from notifier.notebook.execute import Execution
@@ -34,6 +36,9 @@ NAMES = (OUTPUT, LOG, FAILURE)
 # An output larger than this stays in the run folder only (history says where).
 MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_LOG_BYTES = 1024 * 1024
+
+# ``call(fn, what)``: how a ledger write is made (e.g. retried while the ledger is busy)
+LedgerCall = Callable[[Callable[[], Any], str], Any]
 
 
 def _tail(data: bytes, limit: int) -> bytes:
@@ -68,16 +73,31 @@ def collect(execution: Execution, settings: Settings) -> dict[str, bytes]:
     return files
 
 
-def keep(ledger: Ledger, settings: Settings, run: Run, execution: Execution) -> list[str]:
+def keep(
+    ledger: Ledger,
+    settings: Settings,
+    run: Run,
+    execution: Execution,
+    *,
+    call: LedgerCall | None = None,
+) -> list[str]:
     """Copy the run's files into the ledger (fenced by its attempt); the names kept.
 
-    A ledger that refuses (the run was taken over) or fails keeps nothing: the run folder
-    on this node still has everything, and the run itself goes on.
+    ``call(fn, what)`` makes each write (the run path's waits out a busy ledger). A ledger
+    that refuses (the run was taken over) or fails all the same keeps nothing more: the
+    run folder on this node still has everything, and the run itself goes on.
     """
-    kept = []
+    kept: list[str] = []
+    through = call or (lambda fn, _what: fn())
     try:
         for name, data in collect(execution, settings).items():
-            if not ledger.save_run_file(run.run_id, name, data, attempt=run.attempt):
+            saved = through(
+                lambda name=name, data=data: ledger.save_run_file(
+                    run.run_id, name, data, attempt=run.attempt
+                ),
+                f"keeping {name} of run {run.run_id} of {run.job}",
+            )
+            if not saved:
                 break  # taken over: the new attempt keeps its own files
             kept.append(name)
     except (LedgerError, OSError) as error:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from notifier.delivery.notices import (
     not_started_email,
@@ -48,16 +48,18 @@ from notifier.delivery.worker import (
 from notifier.errors import MessageError, NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Fenced, Ledger, LedgerError, Run
+from notifier.ledger.queries import redacted
 from notifier.ledger.queue import NewMessage
 from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
-from notifier.notebook.execute import Execution, RunRequest, execute
+from notifier.notebook.execute import Execution, RunRequest, execute, refuse_secret_parameters
 from notifier.runs import alerts
 from notifier.runs import files as run_files
 from notifier.runs.retention import apply_retention
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.runs")
+T = TypeVar("T")
 
 UNDISCLOSED = "undisclosed-recipients:;"
 OUTBOX_ONLY_RECIPIENT = "undisclosed-recipients@notifier.invalid"
@@ -159,13 +161,16 @@ class RunPath:
         if self.paused(job, slot):
             return None
         with self._claims:
+            # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden;
+            # the execution refuses it, so the slot ends failed with the cause, and its
+            # failure email says so
             run = self.ledger.claim(
                 job.name,
                 slot,
                 trigger=trigger,
                 recipients=job.to,
                 notebook=str(job.notebook),
-                parameters=job.parameters,
+                parameters=self._stored_parameters(job),
                 failure_recipients=job.failure_recipients,
             )
             if run is not None:
@@ -199,8 +204,10 @@ class RunPath:
         """Claim a manual-lane run of ``job`` without executing it (then :meth:`execute_claimed`).
 
         The dashboard's "Run now" claims first, so it can show the new run at once while
-        the notebook executes in the background.
+        the notebook executes in the background. Parameters holding a secret are refused
+        (RunError) before anything is claimed: the ledger keeps a run's parameters.
         """
+        refuse_secret_parameters(job.parameters, self.settings.secrets())
         with self._claims:
             run = self.ledger.claim(
                 job.name,
@@ -208,7 +215,7 @@ class RunPath:
                 trigger="manual",
                 recipients=job.to,
                 notebook=str(job.notebook),
-                parameters=job.parameters,
+                parameters=self._stored_parameters(job),
                 failure_recipients=job.failure_recipients,
             )
             if run is not None:
@@ -216,6 +223,10 @@ class RunPath:
         if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
             raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
         return run
+
+    def _stored_parameters(self, job: Job) -> dict[str, Any]:
+        """The job's parameters as the ledger may keep them: secrets hidden."""
+        return redacted(dict(job.parameters), self.settings.secrets())
 
     # ------------------------------------------------------------- one run
 
@@ -242,14 +253,17 @@ class RunPath:
             log.exception("%s: run %s crashed", job.name, run.run_id)
             text = f"internal error: {one_line(str(error), 400)}"
             try:
-                if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=text):
+                if self._finish(run, "failed", error=text):
                     self._notice_not_started(job, run, text, None, kind)
             except LedgerError as gone:
                 log.error("%s: the failure could not be recorded either: %s", job.name, gone)
         except BaseException:  # Ctrl-C during `notifier run`: visible, not 'running' forever
-            self.ledger.finish(
-                run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
-            )
+            try:  # not waited out: the user wants out now
+                self.ledger.finish(
+                    run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
+                )
+            except LedgerError as gone:
+                log.error("%s: the interruption could not be recorded: %s", job.name, gone)
             raise
         finally:
             self.active.discard(run.run_id)
@@ -273,38 +287,45 @@ class RunPath:
         with self._claims:
             return self.ledger.mark_interrupted_mine(keep=set(self.active), reason=reason)
 
+    def _ledger(self, call: Callable[[], T], what: str, *, wait: bool = True) -> T:
+        """A ledger call of a run this node executes, waited out while the ledger is locked
+        or unreachable (retried with backoff, one log line when the trouble starts and one
+        when it ends): what the notebook produced stays in memory instead of being lost.
+
+        Gives up (raising the LedgerError) only when the run must stop: at once once the
+        shutdown's grace period is over (``abort``), or, with ``wait``, ``grace`` seconds
+        after that; also after :data:`~notifier.ledger.retry.DEFAULT_PATIENCE` seconds
+        (then the ledger is gone, not busy, and the run is re-run once it is back).
+        """
+        return self._patience.call(call, what, wait=wait, raise_on_give_up=True)
+
     def _still_holds(self, job: Job, run: Run) -> bool:
-        """``ledger.holds`` after the notebook ran, waiting (with backoff) while the ledger
-        is unreachable: the result is kept in memory rather than lost or sent unfenced."""
-        delay, waited = 0.5, False
-        while True:
-            try:
-                held = self.ledger.holds(run.run_id, run.attempt)
-            except LedgerError as error:
-                if self.stopping.is_set():
-                    raise
-                if not waited:
-                    waited = True
-                    log.warning(
-                        "%s: the notebook finished but the ledger is unavailable (%s); keeping "
-                        "its result and trying again with backoff",
-                        job.name,
-                        one_line(str(error), 300),
-                    )
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if waited:
-                log.warning("%s: the ledger is reachable again; the run goes on", job.name)
-            return held
+        """``ledger.holds`` after the notebook ran, waited out like every write of the run:
+        the result is kept in memory rather than lost or sent unfenced."""
+        return self._ledger(
+            lambda: self.ledger.holds(run.run_id, run.attempt),
+            f"checking that run {run.run_id} of {job.name} is still this node's",
+        )
+
+    def _finish(self, run: Run, status: str, **outcome: Any) -> bool:
+        """``ledger.finish`` for this node's attempt, waited out while the ledger is busy."""
+        return self._ledger(
+            lambda: self.ledger.finish(run.run_id, status, attempt=run.attempt, **outcome),
+            f"recording run {run.run_id} of {run.job} as {status}",
+        )
 
     def _execute_claimed(self, job: Job, run: Run, kind: str, result: RunResult) -> None:
-        if not self.ledger.mark_running(run.run_id, run.attempt):
+        started = self._ledger(
+            lambda: self.ledger.mark_running(run.run_id, run.attempt),
+            f"starting run {run.run_id} of {job.name}",
+            wait=False,
+        )
+        if not started:
             raise Fenced(f"run {run.run_id} was taken over before it started")
         try:
             execution = self._execute_with_retries(job, request_for(job, run), run)
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
-            if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=error.message):
+            if self._finish(run, "failed", error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
                 result.outcomes += self.deliverer.deliver(
                     run_id=run.run_id, on_outcome=self.on_outcome
@@ -317,22 +338,16 @@ class RunPath:
             # Another node judged this one dead (a long stall) and took the slot over: it
             # delivers; sending here too could mail everyone twice.
             raise Fenced(f"run {run.run_id} was taken over by another node")
-        run_files.keep(self.ledger, self.settings, run, execution)  # readable on every node
+        # readable on every node
+        run_files.keep(self.ledger, self.settings, run, execution, call=self._ledger)
         if self.stopping.is_set() and execution.status == "failed":
-            self.ledger.finish(
-                run.run_id,
-                "interrupted",
-                attempt=run.attempt,
-                error="stopped by shutdown",
-                output_path=output,
-            )
+            self._finish(run, "interrupted", error="stopped by shutdown", output_path=output)
             return
         if execution.status == "skipped":
             note = self._recover(job, run, execution, kind)
-            self.ledger.finish(
-                run.run_id,
+            self._finish(
+                run,
                 "skipped",
-                attempt=run.attempt,
                 output_path=output,
                 notes=_notes(run, f"{execution.skip_reason}{note}"),
             )
@@ -389,25 +404,19 @@ class RunPath:
             self._fail(job, run, execution, kind, execution.error)
             return
         if not messages:
-            self.ledger.finish(
-                run.run_id,
-                "succeeded",
-                attempt=run.attempt,
-                output_path=output,
-                notes=_notes(run, "no emails declared"),
+            self._finish(
+                run, "succeeded", output_path=output, notes=_notes(run, "no emails declared")
             )
             return
         key = alerts.alert_key([(m.subject, m.recipients) for m in messages])
-        until = alerts.cooling_down(self.ledger, job, run, key)
+        until = self._ledger(
+            lambda: alerts.cooling_down(self.ledger, job, run, key),
+            f"looking up {job.name}'s last alert",
+        )
         if until is not None:
             note = f"same alert sent before; cooldown until {until.isoformat()}"
-            self.ledger.finish(
-                run.run_id,
-                "suppressed",
-                attempt=run.attempt,
-                output_path=output,
-                alert_key=key,
-                notes=_notes(run, note),
+            self._finish(
+                run, "suppressed", output_path=output, alert_key=key, notes=_notes(run, note)
             )
             return
         subjects = "; ".join(dict.fromkeys(m.subject for m in messages))
@@ -416,13 +425,11 @@ class RunPath:
             "alert_key": key,
             "notes": _notes(run, one_line(f"sent: {subjects}", 500)),
         }
-        self._patience.call(
+        self._ledger(
             lambda: self.ledger.queue.enqueue(
                 run.run_id, run.attempt, self.ledger.owner, messages, deliver=deliver
             ),
-            "queueing the run's emails",
-            wait=True,
-            raise_on_give_up=True,
+            f"queueing the emails of run {run.run_id} of {job.name}",
         )
 
     def _output_attachment(self, job: Job, execution: Execution, result: RunResult) -> list:
@@ -516,9 +523,7 @@ class RunPath:
         else:
             log.error("%s: run failed and nobody to tell (set on_failure: or to:)", job.name)
         output = str(execution.output_notebook) if execution.output_notebook.is_file() else None
-        self.ledger.finish(
-            run.run_id, "failed", attempt=run.attempt, error=error, output_path=output
-        )
+        self._finish(run, "failed", error=error, output_path=output)
 
     def _output_with_code(self, job: Job, execution: Execution) -> Path | None:
         """The output to attach to a failure email: with the code, which helps there."""
@@ -561,9 +566,17 @@ class RunPath:
             log.error("%s: the %s email cannot be built: %s", run.job, purpose, error)
             return
         if fenced:
-            self.ledger.queue.enqueue(run.run_id, run.attempt, self.ledger.owner, [message])
+            self._ledger(
+                lambda: self.ledger.queue.enqueue(
+                    run.run_id, run.attempt, self.ledger.owner, [message]
+                ),
+                f"queueing the {purpose} email of run {run.run_id} of {run.job}",
+            )
         else:
-            self.ledger.queue.add(run.run_id, [message])
+            self._ledger(
+                lambda: self.ledger.queue.add(run.run_id, [message]),
+                f"queueing the {purpose} email of run {run.run_id} of {run.job}",
+            )
 
     def _plan_notice(self, mail: Email, purpose: str, kind: str) -> NewMessage:
         lifetime = timedelta(seconds=self.settings.delivery_lifetime)
@@ -594,10 +607,15 @@ class RunPath:
 
     def _recover(self, job: Job, run: Run, execution: Execution, kind: str) -> str:
         """After an alert, the first quiet run mails 'recovered'. Returns a note for the ledger."""
-        previous = alerts.recovery_due(self.ledger, job, run)
+        previous = self._ledger(
+            lambda: alerts.recovery_due(self.ledger, job, run), f"looking up {job.name}'s alerts"
+        )
         if previous is None:
             return ""
-        recipients = alerts.alert_recipients(self.ledger, job, previous)
+        recipients = self._ledger(
+            lambda: alerts.alert_recipients(self.ledger, job, previous),
+            f"looking up who got {job.name}'s alert",
+        )
         if not recipients:
             return ""
         visible = [r for r in recipients if r in {*job.to, *job.cc}]

@@ -50,6 +50,7 @@ def api_runs(request: Request) -> Response:
         limit=limit,
         offset=offset,
         zone_of=dashboard.zone_of,
+        secrets=dashboard.settings.secrets(),
     )
     total = count_history(ledger, job, failed=failed, status=status)
     return JSONResponse({"runs": rows, "total": total})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from notifier.errors import NotifierError
 from notifier.jobs import Job
 from notifier.ledger import Ledger, RunStatus
+from notifier.ledger.database import shown_url
 from notifier.ledger.queries import last_runs
 from notifier.notebook.params import (
     RUN_METADATA,
@@ -28,6 +30,7 @@ from notifier.notebook.params import (
     parameter_defaults,
     parse_cli_value,
 )
+from notifier.settings import redact
 from notifier.web.pages import render
 from notifier.web.security import checked_form
 from notifier.web.state import Dashboard
@@ -124,7 +127,7 @@ def jobs_page(request: Request) -> Response:
         marks=hour_marks(now, WINDOW, zone),
         soonest=soonest,
         active=active,
-        ledger_url=dashboard.settings.db_url if ledger is None else ledger.url,
+        ledger_url=shown_url(dashboard.settings.db_url) if ledger is None else ledger.url,
     )
 
 
@@ -148,8 +151,12 @@ def cli_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def form_fields(job: Job) -> list[Field]:
-    """The notebook's declared parameters (without run metadata), with their defaults."""
+def form_fields(job: Job, secrets: Sequence[str] = ()) -> list[Field]:
+    """The notebook's declared parameters (without run metadata), with their defaults.
+
+    A jobs.yaml value holding a secret shows as ``***`` (and, left so, stays the job's
+    value: Run now then refuses it, as ``notifier run`` does).
+    """
     notebook = load_notebook_json(job.notebook)
     declared = declared_parameters(notebook) or []
     defaults = parameter_defaults(notebook)
@@ -159,7 +166,7 @@ def form_fields(job: Job) -> list[Field]:
             continue
         source = defaults.get(name, "")
         if name in job.parameters:
-            value, from_job = cli_text(job.parameters[name]), True
+            value, from_job = redact(cli_text(job.parameters[name]), list(secrets)), True
         else:
             from_job = False
             try:
@@ -199,8 +206,9 @@ def _job_or_404(request: Request) -> Job:
 def run_form(request: Request) -> Response:
     """``GET /jobs/{name}/run``: the parameters form."""
     job = _job_or_404(request)
+    secrets = request.app.state.dashboard.settings.secrets()
     try:
-        fields = form_fields(job)
+        fields = form_fields(job, secrets)
     except NotifierError as error:
         return render(request, "run_form.html", 400, job=job, fields=[], error=error, values={})
     return render(request, "run_form.html", job=job, fields=fields, error=None, values={})
@@ -233,7 +241,8 @@ async def run_now(request: Request) -> Response:
     values = {k[2:]: v for k, v in form.multi_items() if k.startswith("p.")}
     fields: list[Field] = []
     try:
-        fields = await run_in_threadpool(form_fields, job) if values else []
+        secrets = dashboard.settings.secrets()
+        fields = await run_in_threadpool(form_fields, job, secrets) if values else []
         changed = overrides(job, fields, form)
         chosen = replace(job, parameters={**job.parameters, **changed}) if changed else job
         await run_in_threadpool(check_parameters, chosen.notebook, chosen.parameters)
@@ -243,7 +252,7 @@ async def run_now(request: Request) -> Response:
     except NotifierError as error:
         if not fields:
             try:
-                fields = await run_in_threadpool(form_fields, job)
+                fields = await run_in_threadpool(form_fields, job, dashboard.settings.secrets())
             except NotifierError:
                 fields = []
         return render(

@@ -78,7 +78,7 @@ def runs_page(request: Request) -> Response:
 def run_detail(dashboard: Dashboard, ledger: Ledger, run: Run) -> dict[str, Any]:
     """Everything the run's page shows (also served as JSON by the API)."""
     zone = dashboard.zone_of(run.job)
-    (row,) = run_rows(ledger, [run], dashboard.zone_of)
+    (row,) = run_rows(ledger, [run], dashboard.zone_of, dashboard.settings.secrets())
     row["progress"] = ledger.progress(run.run_id) if run.active else None
     row["failure"] = (
         files.failure_record(ledger, dashboard.settings, run)

@@ -159,3 +159,28 @@ def test_show_reads_a_run_from_the_ledger_alone(project: Path, tmp_path: Path) -
         bad = notifier(project, "show", *args)
         assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
         assert expected in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_show_hides_the_password_in_the_parameters_of_an_older_run(
+    project: Path, db_url: str
+) -> None:
+    # a ledger written before such parameters were refused may keep the SMTP password
+    password = "hunter2-Sup3r-s3cret"
+    with (project / ".env").open("a") as env:
+        env.write(f"SMTP_HOST=127.0.0.1\nSMTP_USER=u@example.com\nSMTP_PASSWORD={password}\n")
+    with Ledger(db_url) as ledger:
+        run = ledger.claim(
+            "report",
+            datetime(2026, 1, 5, 7, 30, tzinfo=UTC),
+            parameters={"region": f"x {password}", "nested": [{"k": password}]},
+        )
+        assert run is not None
+        ledger.finish(run.run_id, "failed", error="an old run")
+
+    as_json = notifier(project, "show", run.run_id, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["parameters"] == {"region": "x ***", "nested": [{"k": "***"}]}
+    summary = notifier(project, "show", run.run_id)
+    assert summary.returncode == 0, summary.stderr
+    for shown in (as_json, summary):
+        assert password not in shown.stdout + shown.stderr

@@ -540,6 +540,8 @@ def test_skip_raises_skipped_with_the_reason():
     with pytest.raises(report.Skipped) as raised:
         report.skip("no new rows since yesterday")
     assert str(raised.value) == "no new rows since yesterday"
+    # like KeyboardInterrupt: a notebook's own `except Exception:` does not swallow it
+    assert not isinstance(raised.value, Exception)
 
 
 # -- send_test ---------------------------------------------------------------------------------

@@ -398,6 +398,60 @@ def test_parameter_holding_the_password_is_refused(tmp_path, simple_notebook, pa
     assert not settings.runs_dir.exists()
 
 
+def test_a_run_with_the_password_as_parameter_is_refused_before_it_is_claimed(
+    tmp_path, simple_notebook
+):
+    """``notifier run nb.ipynb -p region PASSWORD``: refused before the ledger (which keeps
+    a run's parameters for history, the API and the run page) records anything."""
+    (tmp_path / ".env").write_text(
+        f"SMTP_HOST=127.0.0.1\nSMTP_USER=u@example.com\nSMTP_PASSWORD={PASSWORD}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "NOTIFIER_"))}
+    command = [sys.executable, "-m", "notifier", "run", "simple.ipynb", "-p", "region"]
+    refused = subprocess.run(
+        [*command, f"x{PASSWORD}", "--to", "a@example.com", "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "contains the SMTP password" in refused.stderr
+    assert PASSWORD not in refused.stdout + refused.stderr
+    ledger = tmp_path / "notifier.db"
+    assert not ledger.exists() or PASSWORD.encode() not in ledger.read_bytes()
+    if ledger.exists():
+        with Ledger(f"sqlite:///{ledger}") as opened:
+            assert opened.history() == []
+
+
+def test_a_scheduled_slot_with_the_password_as_parameter_fails_without_storing_it(
+    tmp_path, simple_notebook
+):
+    """jobs.yaml ``parameters: {region: ${SMTP_PASSWORD}}``: the slot ends failed with the
+    cause and a failure email; the ledger keeps the parameters with the password hidden."""
+    settings = settings_in(
+        tmp_path, SMTP_HOST="127.0.0.1", SMTP_USER="u@example.com", SMTP_PASSWORD=PASSWORD
+    )
+    job = adhoc_job(
+        simple_notebook, name="leaky", parameters={"region": PASSWORD}, to=["a@example.com"]
+    )
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    transport = MemoryTransport()
+    with Ledger(url) as ledger:
+        result = RunPath(settings, ledger, transports=lambda _kind: transport).run_slot(
+            job, SCHEDULED
+        )
+        assert result is not None
+        stored = ledger.get(result.run.run_id)
+    assert stored is not None and stored.status == "failed"
+    assert "contains the SMTP password" in (stored.error or "")
+    assert stored.parameters == {"region": "***"}
+    assert [m.subject for m in transport.sent] == [
+        "[notifier] FAILED: leaky: A notebook parameter contains the SMTP password; "
+        "parameters are saved in the output notebook."
+    ]
+    assert PASSWORD.encode() not in (tmp_path / "ledger.db").read_bytes()
+    assert not settings.runs_dir.exists()
+
+
 def test_an_invalid_email_fails_the_run_before_anything_is_sent(tmp_path):
     notebook = write_notebook(
         tmp_path / "two.ipynb",
@@ -486,6 +540,58 @@ def test_unreadable_output_is_a_failure_with_a_failure_email(tmp_path, case):
     assert execution.failure["kind"] == "collect"
 
 
+def test_emails_hidden_from_the_output_are_still_sent_exactly_once(tmp_path):
+    # The output notebook does not show an email built in a %%capture cell, nor one whose
+    # output clear_output() removed; both are sent all the same, once, in their latest form.
+    notebook = write_notebook(
+        tmp_path / "hidden.ipynb",
+        """
+        from IPython.display import clear_output
+        from notifier import report
+        shown = report.email("Shown", to="shown@example.com")
+        shown.text("shown as usual")
+        """,
+        """
+        %%capture
+        captured = report.email("Captured", to="captured@example.com")
+        captured.text("built under capture")
+        """,
+        """
+        cleared = report.email("Cleared", to="cleared@example.com")
+        cleared.text("built, then cleared")
+        clear_output()
+        """,
+        'captured.text("changed in a later cell")',
+        "shown  # shown again in a later cell: still one email",
+    )
+    settings = settings_in(tmp_path)
+    transport = OutboxTransport(settings.outbox_dir)
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings, transport)
+
+    assert (outcome.status, outcome.error) == ("succeeded", None)
+    subjects = {b["subject"] for b in email_bundles(outcome.execution.output_notebook)}
+    assert subjects == {"Shown"}  # the other two left no trace in the output notebook
+    sent = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(settings.outbox_dir.glob("*.eml"))
+    ]
+    by_subject = {message["Subject"]: message for message in sent}
+    assert sorted(message["Subject"] for message in sent) == ["Captured", "Cleared", "Shown"]
+    assert [m.subject for m in outcome.execution.emails] == ["Shown", "Captured", "Cleared"]
+    assert [w for w in outcome.execution.warnings if "not shown" in w] == [
+        f"email {subject!r} is sent but not shown in the output notebook (its output was "
+        "captured with %%capture or removed with clear_output()); to show it, end a later "
+        "cell with it"
+        for subject in ("Captured", "Cleared")
+    ]
+    assert by_subject["Captured"]["To"] == "captured@example.com"
+    captured = by_subject["Captured"].get_body(("html",)).get_content()
+    assert "built under capture" in captured and "changed in a later cell" in captured
+    assert "built, then cleared" in by_subject["Cleared"].get_body(("html",)).get_content()
+    (row,) = outcome.history()
+    assert sorted(d["subject"] for d in row["deliveries"]) == ["Captured", "Cleared", "Shown"]
+
+
 # -- skip, failure, timeout, dead kernel -------------------------------------------------------
 
 
@@ -515,6 +621,56 @@ def test_skip_sends_nothing_and_stops_the_notebook(tmp_path):
         "no new rows since 2024-05-05",
         [],
     )
+
+
+@pytest.mark.parametrize(
+    "where", ["try-except-exception", "try-except-baseexception", "captured-cell"]
+)
+def test_skip_cannot_be_swallowed_or_hidden_by_the_notebook(tmp_path, where):
+    # report.skip() inside the notebook's own `try: ... except Exception:` stops it at once;
+    # a skip caught by `except BaseException:`, or in a %%capture cell (which swallows every
+    # exception, and the skip marker with it), still skips, and no later cell runs
+    skipping = {
+        "try-except-exception": """
+            try:
+                report.skip("nothing new")
+            except Exception:
+                pass
+            Path("same-cell.txt").write_text("ran")
+            """,
+        "try-except-baseexception": """
+            try:
+                report.skip("nothing new")
+            except BaseException:
+                pass
+            """,
+        "captured-cell": """
+            %%capture
+            report.skip("nothing new")
+            """,
+    }[where]
+    notebook = write_notebook(
+        tmp_path / "alert.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        mail = report.email("Should not be sent", to="x@example.com")
+        mail.text("nothing")
+        """,
+        skipping,
+        'Path("after-skip.txt").write_text("ran")',
+    )
+    settings = settings_in(tmp_path)
+    transport = OutboxTransport(settings.outbox_dir)
+    outcome = run(RunRequest(notebook, to=["boss@example.com"]), settings, transport)
+
+    assert (outcome.status, outcome.error) == ("skipped", None)
+    assert outcome.execution.skip_reason == "nothing new"
+    assert not (tmp_path / "same-cell.txt").exists()
+    assert not (tmp_path / "after-skip.txt").exists()
+    assert not list(settings.outbox_dir.glob("*.eml"))
+    (row,) = outcome.history()
+    assert (row["status"], row["notes"], row["deliveries"]) == ("skipped", "nothing new", [])
 
 
 def test_cell_error_fails_the_run_and_mails_the_traceback(tmp_path):
@@ -964,3 +1120,99 @@ def test_the_kernel_cannot_read_the_projects_env(tmp_path):
     body = parse(transport.sent[0]).get_body(("plain",)).get_content()
     assert "PermissionError" in body and "a,b" in body  # .env hidden, the data is not
     assert PASSWORD not in body
+
+
+def test_the_kernel_cannot_read_the_env_the_settings_came_from(tmp_path, monkeypatch):
+    """jobs.yaml in proj/ runs ``notebook: ../nbs/x.ipynb``, started from another folder:
+    neither the notebook's folder nor the current one holds that .env, yet it is hidden."""
+    from notifier.notebook.sandbox import landlock_abi
+    from notifier.project import project_settings
+
+    if landlock_abi() < 1:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Linux Landlock is needed for this test in CI")
+        pytest.skip("this kernel has no Landlock: notebooks can read .env here (documented)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    env_file = project / ".env"
+    env_file.write_text(f"SMTP_HOST=127.0.0.1\nSMTP_USER=u@example.com\nSMTP_PASSWORD={PASSWORD}\n")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    notebook = write_notebook(
+        tmp_path / "nbs" / "x.ipynb",
+        """
+        from pathlib import Path
+        from notifier import report
+        try:
+            found = Path(env_file).read_text()
+        except OSError as error:
+            found = type(error).__name__
+        report.email("snoop", to="a@example.com").text(found)
+        """,
+        parameters='env_file = ""',
+    )
+    settings = project_settings(project)
+    assert settings.env_files == (env_file.resolve(),)
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook, parameters={"env_file": str(env_file)}), settings, transport)
+    assert outcome.status == "succeeded", outcome.error
+    body = parse(transport.sent[0]).get_body(("plain",)).get_content()
+    assert "PermissionError" in body
+    assert PASSWORD not in body
+
+
+def test_the_kernel_cannot_append_to_or_truncate_the_projects_env(tmp_path):
+    """Writing .env (an SMTP_HOST of the notebook's own, to harvest the password at the next
+    start) is denied like reading it; the project's other files stay writable."""
+    from notifier.notebook.sandbox import landlock_abi
+
+    if landlock_abi() < 1:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Linux Landlock is needed for this test in CI")
+        pytest.skip("this kernel has no Landlock: notebooks can change .env here (documented)")
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    secret = f"SMTP_PASSWORD={PASSWORD}\n"
+    (project / ".env").write_text(secret)
+    (project / "data.csv").write_text("a,b\n")
+    notebook = write_notebook(
+        project / "notebooks" / "tamper.ipynb",
+        """
+        import os
+        from pathlib import Path
+        from notifier import report
+
+        def attempt(action):
+            try:
+                action()
+                return "done"
+            except OSError as error:
+                return type(error).__name__
+
+        results = {
+            "append": attempt(lambda: open("../.env", "a").write("SMTP_HOST=evil\\n")),
+            "overwrite": attempt(lambda: Path("../.env").write_text("SMTP_HOST=evil\\n")),
+            "truncate": attempt(lambda: os.truncate("../.env", 0)),
+            "data": attempt(lambda: open("../data.csv", "a").write("1,2\\n")),
+            "new": attempt(lambda: Path("new.csv").write_text("x")),
+        }
+        report.email("tamper", to="a@example.com").text(repr(sorted(results.items())))
+        """,
+    )
+    transport = MemoryTransport()
+    outcome = run(RunRequest(notebook), settings_in(project), transport)
+    assert outcome.status == "succeeded", outcome.error
+    body = parse(transport.sent[0]).get_body(("plain",)).get_content().strip()
+    truncated = "PermissionError" if landlock_abi() >= 3 else "done"
+    assert body == repr(
+        [
+            ("append", "PermissionError"),
+            ("data", "done"),
+            ("new", "done"),
+            ("overwrite", "PermissionError"),
+            ("truncate", truncated),
+        ]
+    )
+    if landlock_abi() >= 3:
+        assert (project / ".env").read_text() == secret
+    assert (project / "data.csv").read_text() == "a,b\n1,2\n"

@@ -472,3 +472,106 @@ def test_notifier_schedule_serves_the_dashboard_and_survives_a_taken_port(
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+def test_a_parameter_holding_the_password_is_hidden_and_run_now_refuses_it(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    root = make_project(tmp_path)
+    jobs = (root / "jobs.yaml").read_text(encoding="utf-8")
+    jobs = jobs.replace("parameters: {threshold: 5}", f"parameters: {{label: 'x {PASSWORD}'}}")
+    (root / "jobs.yaml").write_text(jobs, encoding="utf-8")
+    settings = project_settings(root, smtp=False).with_overrides(password=Secret(PASSWORD))
+    with Ledger(settings.db_url) as ledger:  # as a ledger written before the refusal kept it
+        old = ledger.claim(
+            "report",
+            datetime(2026, 1, 5, 7, 30, tzinfo=UTC),
+            parameters={"label": f"x {PASSWORD}", "nested": [{"k": PASSWORD}]},
+        )
+        assert old is not None
+        ledger.finish(old.run_id, "failed", error="an old run")
+    project = Project(root, settings, old, old)
+    web = serve(project, settings=settings)
+    form = web.client.get("/jobs/report/run").text
+    assert 'name="p.label" value="x ***"' in form
+    refused = web.client.post(
+        "/jobs/report/run", data={"csrf": web.csrf(), "p.label": "x ***", "dry_run": "1"}
+    )
+    assert refused.status_code == 400
+    assert "contains the SMTP password" in refused.text
+    runs = web.client.get("/api/runs").json()
+    assert [r["run_id"] for r in runs["runs"]] == [old.run_id]  # Run now claimed nothing
+    assert runs["runs"][0]["parameters"] == {"label": "x ***", "nested": [{"k": "***"}]}
+    page = web.client.get(f"/runs/{old.run_id}").text
+    assert "<th>label</th><td><code>x ***</code>" in page
+    for text in [form, refused.text, page, web.client.get(f"/api/runs/{old.run_id}").text]:
+        assert PASSWORD not in text
+    env = project.env() | {"SMTP_PASSWORD": PASSWORD}
+    history = subprocess.run(
+        [sys.executable, "-m", "notifier", "history", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert history.returncode == 0, history.stderr
+    assert PASSWORD not in history.stdout
+    assert json.loads(history.stdout)[0]["parameters"]["label"] == "x ***"
+
+
+def test_a_ledger_url_is_shown_without_its_password(
+    serve: ServeFactory, tmp_path: Path, postgres_url: str
+) -> None:
+    """A PostgreSQL ledger with no tables yet: the jobs page names the URL, not its password
+    (the test cluster trusts local connections, so any password connects)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    root = make_project(tmp_path)
+    settings = project_settings(root, smtp=False).with_overrides(db_url=url)
+    project = Project(root, settings, None, None)  # type: ignore[arg-type] - nothing ran
+    web = serve(project, settings=settings)
+    page = web.client.get("/").text
+    assert PASSWORD not in page
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert f"Ledger: {html.escape(shown)}" in page and ":***@" in shown
+    assert PASSWORD not in web.client.get("/settings").text
+
+
+@pytest.mark.parametrize("token", ["configured", "generated"])
+def test_notifier_web_prints_only_a_generated_token(
+    project: Project, tmp_path: Path, token: str
+) -> None:
+    """stdout is the journal under systemd: a configured NOTIFIER_WEB_TOKEN stays out of it;
+    a token made for this run is printed in the URL (nobody else could know it)."""
+    env = project.env()
+    if token == "configured":
+        env["NOTIFIER_WEB_TOKEN"] = TOKEN
+    log = tmp_path / "web.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "web", "--host", "0.0.0.0", "--port", "0"],
+            cwd=project.root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        line = wait_until(
+            lambda: re.search(r"dashboard: .*", log.read_text()), 60, "the URL"
+        ).group(0)
+        url = re.match(r"dashboard: (http://\S+)", line).group(1)
+        if token == "configured":
+            assert line.endswith("/ (token from NOTIFIER_WEB_TOKEN)"), line
+            assert "token=" not in url
+            page = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+            assert page.status_code == 200
+        else:
+            assert "?token=" in url and "a token was generated" in log.read_text()
+            assert httpx.get(url, timeout=30, follow_redirects=True).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert TOKEN not in log.read_text()
