@@ -62,6 +62,12 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
     entries = []
     for job in jobs_file.jobs:
         times = job.next_fire_times(now, FIRE_TIMES) if job.enabled else []
+        warnings = job.warnings()
+        for warning in warnings:
+            print(
+                f"warning: {jobs_file.path}:{job.line}: job {job.name!r}: {warning}",
+                file=sys.stderr,
+            )
         entries.append(
             {
                 "name": job.name,
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
                 "timezone": job.timezone,
                 "enabled": job.enabled,
                 "next_fire_times": [t.isoformat() for t in times],
+                "warnings": warnings,
             }
         )
     if args.json:

@@ -14,11 +14,26 @@ from notifier.settings import Settings
 log = logging.getLogger("notifier.runs")
 
 
-def apply_retention(ledger: Ledger, settings: Settings, job: Job) -> None:
-    """Remove ledger rows and run folders (every attempt) older than the job's keep_runs."""
+def retention_cutoff(job: Job, now: datetime) -> datetime | None:
+    """Runs with a slot before this are forgotten; None when the job keeps every run.
+
+    Never later than ``now`` minus the job's misfire grace, whatever ``keep_runs`` says: a
+    run's row is what keeps its slot taken, and a daemon may still fire, catch up or re-run
+    (when interrupted) a slot within the grace. Forgetting it earlier would let a second
+    daemon run that slot again and mail it twice.
+    """
     if not job.keep_runs_seconds:
+        return None
+    keep = max(job.keep_runs_seconds, job.misfire.grace_seconds)
+    return now - timedelta(seconds=keep)
+
+
+def apply_retention(ledger: Ledger, settings: Settings, job: Job) -> None:
+    """Remove ledger rows and run folders (every attempt) older than the job's keep_runs
+    (but never within its misfire grace: see :func:`retention_cutoff`)."""
+    cutoff = retention_cutoff(job, datetime.now(timezone.utc))
+    if cutoff is None:
         return
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=job.keep_runs_seconds)
     try:
         ledger.purge(job.name, cutoff)
     except LedgerError as error:  # tried again after the next run

@@ -165,6 +165,18 @@ def test_a_jobs_yaml_value_out_of_range_is_one_line_with_its_file_line(
         assert f"jobs.yaml:6: job 'report', {problem}" in detail, detail
 
 
+def test_validate_warns_when_keep_runs_is_shorter_than_the_misfire_grace(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (project / "jobs.yaml").open("a") as jobs:
+        jobs.write("    keep_runs: 3m\n    misfire: {policy: catch_up, grace: 1d}\n")
+    code, stderr = cli(capsys, "validate")
+    assert code == 0, stderr
+    [warning] = stderr.splitlines()
+    assert warning.startswith("warning: jobs.yaml:2: job 'report': keep_runs (3m) is shorter")
+    assert "kept for 1d anyway" in warning and "set keep_runs to at least 1d" in warning
+
+
 def test_the_installed_command_refuses_them_too(project: Path) -> None:
     """The real console script in a subprocess: exit 2, the error and its fix, no traceback."""
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "PYTHONPATH"}}

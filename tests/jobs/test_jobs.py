@@ -836,6 +836,7 @@ def test_validate_json(project, capsys):
             "2026-04-02T08:00:00+02:00",
             "2026-04-03T08:00:00+02:00",
         ],
+        "warnings": [],
     }
     assert alert["enabled"] is False
     assert alert["next_fire_times"] == []
