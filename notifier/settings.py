@@ -316,6 +316,9 @@ def _parse_seconds(values: Mapping[str, str], name: str, default: float) -> floa
     return default if number is None else float(number)
 
 
+PORT = Limit(1, 65535, count=True)
+
+
 def _check_db_url(values: Mapping[str, str]) -> str:
     """NOTIFIER_DB_URL, parsed once here so that a malformed one is one clear error."""
     from sqlalchemy.engine import make_url
@@ -323,12 +326,19 @@ def _check_db_url(values: Mapping[str, str]) -> str:
 
     url = _get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db"
     try:
-        make_url(url)
+        port = make_url(url).port
+        reason = None
+        if port is not None:
+            try:
+                PORT.parse(port)
+            except ValueError as problem:
+                reason = f"its port {problem}"
     except (ArgumentError, ValueError) as exc:
         # never the URL itself in the message: it may hold a password
         reason = (
             "its port is not a number" if isinstance(exc, ValueError) else "it cannot be parsed"
         )
+    if reason is not None:
         raise ConfigError(
             f"NOTIFIER_DB_URL is not a database URL: {reason}.",
             "use a URL such as sqlite:///notifier.db or "

@@ -116,6 +116,10 @@ SETTING_CASES = [
         ({"NOTIFIER_DB_URL": "postgresql://u:pw@db:abc/x"}, args, "NOTIFIER_DB_URL", "port")
         for args in (["history"], ["validate"], ["run", "report"], ["queue"])
     ],
+    *[
+        ({"NOTIFIER_DB_URL": f"postgresql://u:pw@db:{bad}/x"}, ["history"], "port", "1 to 65535")
+        for bad in ("0", "99999", HUGE)
+    ],
 ]
 
 
