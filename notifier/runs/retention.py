@@ -40,10 +40,19 @@ def apply_retention(ledger: Ledger, settings: Settings, job: Job) -> None:
         log.warning("%s: retention skipped this time: %s", job.name, error)
         return
     job_folder = job_runs_folder(settings.runs_dir, job.name).resolve()
+    kept: dict[str, bool] = {}
     for folder in job_folder.glob("*T*Z-*") if job_folder.is_dir() else ():
         try:  # folder names start with the slot: 20261122T080000Z-<run id>[-N]
             stamp = datetime.strptime(folder.name[:16], "%Y%m%dT%H%M%SZ")
         except ValueError:
             continue
-        if stamp.replace(tzinfo=timezone.utc) < cutoff and folder.is_dir():
+        if stamp.replace(tzinfo=timezone.utc) >= cutoff or not folder.is_dir():
+            continue
+        run_id = folder.name[17:].split("-")[0]
+        if run_id not in kept:
+            try:  # a run the purge kept (running, delivering, mail waiting) keeps its folder
+                kept[run_id] = ledger.get(run_id) is not None
+            except LedgerError:
+                kept[run_id] = True  # not sure: the next run's retention decides
+        if not kept[run_id]:
             shutil.rmtree(folder, ignore_errors=True)
