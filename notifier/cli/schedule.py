@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from notifier.cli import limited
-from notifier.durations import Limit
 from notifier.settings import setting_limit
+from notifier.web.config import WEB_PORT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--web-host", metavar="HOST", help="dashboard address (127.0.0.1)")
     parser.add_argument(
         "--web-port",
-        type=limited(Limit(0, 65535, count=True), "e.g. --web-port 8765"),
+        type=limited(WEB_PORT, "e.g. --web-port 8765"),
         metavar="PORT",
         help="dashboard port (8765; 0 = any free port)",
     )

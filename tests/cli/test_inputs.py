@@ -82,6 +82,10 @@ FLAG_CASES = [
     (["schedule", "--workers", "0"], "argument --workers: ", "allowed: 1 to 256"),
     (["schedule", "--workers", HUGE], "argument --workers: ", "allowed: 1 to 256"),
     (["schedule", "--web-port", "70000"], "argument --web-port: ", "allowed: 0 to 65535"),
+    *[
+        (["web", "--port", bad], "argument --port: ", "allowed: 0 to 65535")
+        for bad in ("70000", "-1", HUGE, "nan")
+    ],
 ]
 
 
@@ -112,6 +116,7 @@ SETTING_CASES = [
     ({"NOTIFIER_RETRY_BACKOFF_MAX": "inf"}, ["schedule"], "NOTIFIER_RETRY_BACKOFF_MAX=", "1d"),
     ({"NOTIFIER_SHUTDOWN_GRACE": "-1"}, ["schedule"], "NOTIFIER_SHUTDOWN_GRACE='-1' is neg", ""),
     ({"NOTIFIER_WORKERS": HUGE}, ["schedule"], "NOTIFIER_WORKERS=", "allowed: 1 to 256"),
+    ({"NOTIFIER_WEB_PORT": "99999"}, ["web"], "NOTIFIER_WEB_PORT='99999'", "0 to 65535"),
     *[
         ({"NOTIFIER_DB_URL": "postgresql://u:pw@db:abc/x"}, args, "NOTIFIER_DB_URL", "port")
         for args in (["history"], ["validate"], ["run", "report"], ["queue"])
