@@ -12,13 +12,13 @@ working while an SMTP value is broken; the problem waits in ``Settings.smtp_erro
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
 
+from notifier.durations import DAY, MAX_DURATION, TIMEOUT, Limit
 from notifier.errors import ConfigError
 
 SECURITY_MODES = ("ssl", "starttls", "none")
@@ -33,6 +33,8 @@ DEFAULT_RETRY_BACKOFF = 30.0
 DEFAULT_RETRY_BACKOFF_MAX = 900.0
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+MAX_MESSAGE_SIZE = 1024 * 1024 * 1024  # no mail server takes more (most stop at 25-150 MB)
+MAX_WORKERS = 256  # each worker is a kernel process
 # parallel connections to a server of your own (no provider preset); Postfix allows 50 per
 # client by default (smtpd_client_connection_count_limit), Exchange 20 per source
 DEFAULT_CONNECTIONS = 4
@@ -271,56 +273,83 @@ def _parse_bool(values: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean.", f"set {name}=true or {name}=false")
 
 
-def _parse_int(values: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:
+# Every numeric setting: (its allowed range, an example). The ranges are finite so that no
+# value can overflow a date or make a wait endless (see notifier.durations).
+_LIMITS: dict[str, tuple[Limit, str]] = {
+    "SMTP_TIMEOUT": (TIMEOUT, "30"),
+    "SMTP_RETRIES": (Limit(0, 100, count=True), "3"),
+    "SMTP_RATE_PER_MINUTE": (Limit(1, 100_000, count=True), "30"),
+    "SMTP_RATE_PER_DAY": (Limit(1, 10_000_000, count=True), "500"),
+    "SMTP_CONNECTIONS": (Limit(1, 64, count=True), "4"),
+    "NOTIFIER_MAX_MESSAGE_SIZE": (Limit(1024, MAX_MESSAGE_SIZE, count=True), "26214400"),
+    "NOTIFIER_WORKERS": (Limit(1, MAX_WORKERS, count=True), "4"),
+    "NOTIFIER_SHUTDOWN_GRACE": (TIMEOUT, "30"),
+    "NOTIFIER_DELIVERY_LIFETIME": (Limit(1, MAX_DURATION), "1d"),
+    "NOTIFIER_RETRY_BACKOFF": (Limit(0.1, DAY), "30s"),
+    "NOTIFIER_RETRY_BACKOFF_MAX": (Limit(0.1, DAY), "15m"),
+    "NOTIFIER_LEASE_SECONDS": (Limit(2, DAY), "60"),
+}
+
+
+def setting_limit(name: str) -> Limit:
+    """The range a numeric setting (``SMTP_TIMEOUT``, ``NOTIFIER_WORKERS``...) may take."""
+    return _LIMITS[name][0]
+
+
+def _parse_limited(values: Mapping[str, str], name: str) -> float | None:
+    """A duration or count setting checked against its range (see notifier.durations)."""
     raw = _get(values, name)
     if raw is None:
         return None
-    if not re.fullmatch(r"\d+", raw) or int(raw) < minimum:
-        raise ConfigError(
-            f"{name}={raw!r} is not a whole number >= {minimum}.", f"set {name} to a number"
-        )
-    return int(raw)
-
-
-def _parse_float(values: Mapping[str, str], name: str, default: float) -> float:
-    raw = _get(values, name)
-    if raw is None:
-        return default
+    limit, example = _LIMITS[name]
     try:
-        number = float(raw)
-    except ValueError:
-        number = -1.0
-    if number <= 0:
+        return limit.parse(raw)
+    except ValueError as exc:
+        kind = "a whole number" if limit.count else "a duration"
         raise ConfigError(
-            f"{name}={raw!r} is not a positive number of seconds.", f"for example {name}=30"
-        )
-    return number
+            f"{name}={exc}.", f"use {kind} in that range, e.g. {name}={example}"
+        ) from None
 
 
-def _parse_duration(values: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    from notifier.durations import DURATION_FORM, parse_duration
+def _parse_int(values: Mapping[str, str], name: str) -> int | None:
+    number = _parse_limited(values, name)
+    return None if number is None else int(number)
 
-    raw = _get(values, name)
-    if raw is None:
-        return default
+
+def _parse_seconds(values: Mapping[str, str], name: str, default: float) -> float:
+    number = _parse_limited(values, name)
+    return default if number is None else float(number)
+
+
+PORT = Limit(1, 65535, count=True)
+
+
+def _check_db_url(values: Mapping[str, str]) -> str:
+    """NOTIFIER_DB_URL, parsed once here so that a malformed one is one clear error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = _get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db"
     try:
-        seconds = parse_duration(raw)
-    except ValueError:
-        seconds = -1.0
-    if seconds < minimum:
-        raise ConfigError(
-            f"{name}={raw!r} is not {DURATION_FORM} of at least {minimum:g} s.",
-            f"for example {name}={_EXAMPLES.get(name, '30s')}",
+        port = make_url(url).port
+        reason = None
+        if port is not None:
+            try:
+                PORT.parse(port)
+            except ValueError as problem:
+                reason = f"its port {problem}"
+    except (ArgumentError, ValueError) as exc:
+        # never the URL itself in the message: it may hold a password
+        reason = (
+            "its port is not a number" if isinstance(exc, ValueError) else "it cannot be parsed"
         )
-    return seconds
-
-
-_EXAMPLES = {
-    "NOTIFIER_DELIVERY_LIFETIME": "1d",
-    "NOTIFIER_RETRY_BACKOFF": "30s",
-    "NOTIFIER_RETRY_BACKOFF_MAX": "15m",
-    "NOTIFIER_LEASE_SECONDS": "60",
-}
+    if reason is not None:
+        raise ConfigError(
+            f"NOTIFIER_DB_URL is not a database URL: {reason}.",
+            "use a URL such as sqlite:///notifier.db or "
+            "postgresql+psycopg://user:password@host:5432/dbname",
+        ) from None
+    return url
 
 
 TRANSPORTS = ("smtp", "outbox", "memory")
@@ -400,12 +429,12 @@ def parse_settings(values: Mapping[str, str], *, smtp: bool = True) -> Settings:
 
 def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
     """Settings every command needs: message size, folders, ledger, time zone, workers."""
-    max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE", minimum=1024)
+    max_size = _parse_int(values, "NOTIFIER_MAX_MESSAGE_SIZE")
     timezone = _get(values, "NOTIFIER_TIMEZONE") or "UTC"
     _check_timezone(timezone)
-    backoff = _parse_duration(values, "NOTIFIER_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF, 0.1)
-    backoff_max = _parse_duration(
-        values, "NOTIFIER_RETRY_BACKOFF_MAX", max(DEFAULT_RETRY_BACKOFF_MAX, backoff), 0.1
+    backoff = _parse_seconds(values, "NOTIFIER_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF)
+    backoff_max = _parse_seconds(
+        values, "NOTIFIER_RETRY_BACKOFF_MAX", max(DEFAULT_RETRY_BACKOFF_MAX, backoff)
     )
     if backoff_max < backoff:
         raise ConfigError(
@@ -416,19 +445,17 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "max_message_size": max_size if max_size is not None else DEFAULT_MAX_MESSAGE_SIZE,
         "outbox_dir": Path(_get(values, "NOTIFIER_OUTBOX") or "outbox"),
         "runs_dir": Path(_get(values, "NOTIFIER_RUNS_DIR") or "runs"),
-        "db_url": _get(values, "NOTIFIER_DB_URL") or "sqlite:///notifier.db",
+        "db_url": _check_db_url(values),
         "timezone": timezone,
-        "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or DEFAULT_WORKERS,
-        "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+        "workers": _parse_int(values, "NOTIFIER_WORKERS") or DEFAULT_WORKERS,
+        "shutdown_grace": _parse_seconds(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
         "transport": _parse_transport(values),
-        "delivery_lifetime": _parse_duration(
-            values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME, 1.0
+        "delivery_lifetime": _parse_seconds(
+            values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME
         ),
         "retry_backoff": backoff,
         "retry_backoff_max": backoff_max,
-        "lease_seconds": _parse_duration(
-            values, "NOTIFIER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 2.0
-        ),
+        "lease_seconds": _parse_seconds(values, "NOTIFIER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
     }
 
 
@@ -534,28 +561,17 @@ def _smtp_fields(values: Mapping[str, str]) -> dict[str, object]:
         "password": Secret(password) if password else None,
         "sender": sender,
         "security": security,
-        "timeout": _parse_float(values, "SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT),
+        "timeout": _parse_seconds(values, "SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT),
         "ca_file": ca_file,
         "verify": _parse_bool(values, "SMTP_VERIFY", True),
         "provider": provider_name,
         "allow_plaintext_auth": _parse_bool(values, "SMTP_ALLOW_PLAINTEXT_AUTH", False),
-        "rate_per_minute": _parse_int(values, "SMTP_RATE_PER_MINUTE", minimum=1),
-        "rate_per_day": _parse_int(values, "SMTP_RATE_PER_DAY", minimum=1),
+        "rate_per_minute": _parse_int(values, "SMTP_RATE_PER_MINUTE"),
+        "rate_per_day": _parse_int(values, "SMTP_RATE_PER_DAY"),
         "retries": retries if retries is not None else 3,
         "helo_name": _get(values, "SMTP_HELO_NAME"),
-        "smtp_connections": _parse_connections(values),
+        "smtp_connections": _parse_int(values, "SMTP_CONNECTIONS"),
     }
-
-
-def _parse_connections(values: Mapping[str, str]) -> int | None:
-    count = _parse_int(values, "SMTP_CONNECTIONS", minimum=1)
-    if count is not None and count > 64:
-        raise ConfigError(
-            f"SMTP_CONNECTIONS={count} is more parallel connections than any mail server "
-            "allows one client.",
-            "use 1-16 (leave it unset for the provider's default)",
-        )
-    return count
 
 
 def _check_timezone(name: str) -> None:

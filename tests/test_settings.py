@@ -286,3 +286,66 @@ def test_settings_without_smtp_validation_keep_every_other_setting() -> None:
     # the other settings are still checked
     with pytest.raises(ConfigError, match="NOTIFIER_TIMEZONE"):
         parse_settings({**values, "NOTIFIER_TIMEZONE": "Mars/Base"}, smtp=False)
+
+
+# Every numeric setting refuses what would overflow a date, disable a wait or spin a loop
+# further down (nan, inf, negative, zero where meaningless, absurdly large): one ConfigError
+# that names the variable and the allowed range.
+_BAD_NUMBERS = ("nan", "inf", "-inf", "-1", "1e309", "9" * 400)
+_RANGES = {
+    "SMTP_TIMEOUT": ("0", "2d", "1s to 1d"),
+    "NOTIFIER_SHUTDOWN_GRACE": ("0", "2d", "1s to 1d"),
+    "NOTIFIER_LEASE_SECONDS": ("1", "9999999999d", "2s to 1d"),
+    "NOTIFIER_RETRY_BACKOFF": ("0", "99999999d", "0.1s to 1d"),
+    "NOTIFIER_RETRY_BACKOFF_MAX": ("0", "2d", "0.1s to 1d"),
+    "NOTIFIER_DELIVERY_LIFETIME": ("0", "99999999d", "1s to 3650d"),
+    "NOTIFIER_WORKERS": ("0", "99999999999999999999", "1 to 256"),
+    "NOTIFIER_MAX_MESSAGE_SIZE": ("1023", "99999999999999999999", "1024 to 1073741824"),
+    "SMTP_RETRIES": ("-1", "101", "0 to 100"),
+    "SMTP_RATE_PER_MINUTE": ("0", "100001", "1 to 100000"),
+    "SMTP_RATE_PER_DAY": ("0", "99999999999999999999", "1 to 10000000"),
+    "SMTP_CONNECTIONS": ("0", "65", "1 to 64"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RANGES))
+def test_every_numeric_setting_has_a_finite_range(name: str) -> None:
+    too_small, too_large, allowed = _RANGES[name]
+    for raw in (*_BAD_NUMBERS, too_small, too_large, "soon"):
+        with pytest.raises(ConfigError) as caught:
+            parse_settings({"SMTP_HOST": "h", name: raw})
+        message = caught.value.message
+        assert message.startswith(f"{name}='"), message
+        assert f"allowed: {allowed}." in message, message
+        assert "\n" not in message and len(message) < 200, message
+        assert name in (caught.value.fix or "")
+
+
+def test_durations_are_read_in_the_jobs_yaml_notation() -> None:
+    settings = parse_settings(
+        {
+            "SMTP_HOST": "h",
+            "SMTP_TIMEOUT": "1m",
+            "NOTIFIER_LEASE_SECONDS": "1d",  # the top of the range is allowed
+            "NOTIFIER_DELIVERY_LIFETIME": "3650d",
+            "NOTIFIER_SHUTDOWN_GRACE": "1",
+        }
+    )
+    assert (settings.timeout, settings.lease_seconds) == (60.0, 86400.0)
+    assert (settings.delivery_lifetime, settings.shutdown_grace) == (3650 * 86400.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:secret-password@db.example.com:abc/ledger",
+        "postgresql+psycopg://u:secret-password@db.example.com:99999999999999999999x/l",
+        "not a url at all secret-password",
+    ],
+)
+def test_a_malformed_ledger_url_is_one_error_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"NOTIFIER_DB_URL": url}, smtp=False)
+    assert "NOTIFIER_DB_URL" in caught.value.message
+    assert "secret-password" not in str(caught.value)
+    assert "postgresql+psycopg://" in (caught.value.fix or "")

@@ -8,9 +8,11 @@ import importlib
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NoReturn
 
+from notifier.durations import Limit
 from notifier.errors import NotifierError
 
 # Each module defines register(subparsers); its subparser sets `handler` to run(args) -> int.
@@ -30,9 +32,37 @@ COMMAND_MODULES = (
 )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with notifier's error form: one ``error:`` line and its fix, exit 2.
+
+    Subcommand parsers are of this class too (argparse makes them of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the problem and where to read about the command's arguments; exit 2."""
+        self.exit(2, f"error: {message}\n  fix: see `{self.prog} --help`\n")
+
+
+def limited(limit: Limit, hint: str) -> Callable[[str], float]:
+    """An argparse ``type`` reading a duration or count within ``limit`` (see durations.py).
+
+    ``--timeout nan`` is refused as ``error: argument --timeout: 'nan' is not a duration
+    like ...; allowed: 1s to 1d (e.g. --timeout 600)``, never taken as "no limit".
+    """
+
+    def parse(text: str) -> float:
+        try:
+            return limit.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} ({hint})") from None
+
+    parse.__name__ = "count" if limit.count else "duration"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command registered."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="notifier",
         description="Jupyter notebooks as scheduled email reports and alerts.",
     )

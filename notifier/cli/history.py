@@ -7,6 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from notifier.cli import limited
+from notifier.durations import Limit
+
+HISTORY_LIMIT = Limit(1, 100_000, count=True)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `history` command (past runs from the ledger)."""
@@ -22,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("job", nargs="?", help="only this job (or notebook path)")
     parser.add_argument("--failed", action="store_true", help="only failed or interrupted runs")
     parser.add_argument(
-        "--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)"
+        "--limit",
+        type=limited(HISTORY_LIMIT, "e.g. --limit 20"),
+        default=20,
+        metavar="N",
+        help=f"how many runs to show (default 20; at most {HISTORY_LIMIT.high:.0f})",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
@@ -68,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from notifier.ledger import Ledger, NoLedgerYet
     from notifier.ledger.queries import history_rows
 
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1.", "e.g. --limit 20")
     jobs_path = resolve_jobs_file(args.jobs)
     settings = settings_for_jobs(jobs_path, smtp=False)  # reads the ledger, never sends
     zones = _job_zones(jobs_path)

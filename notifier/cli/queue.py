@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from notifier.cli import limited
+from notifier.durations import MAX_COUNT, Limit
 from notifier.errors import UsageError
 
 
@@ -23,7 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("action", nargs="?", choices=("list", "retry", "drop"), default="list")
-    parser.add_argument("id", nargs="?", type=int, metavar="ID", help="the message's number")
+    parser.add_argument(
+        "id",
+        nargs="?",
+        type=limited(
+            Limit(1, MAX_COUNT, count=True), "the number in the first column of `notifier queue`"
+        ),
+        metavar="ID",
+        help="the message's number",
+    )
     parser.add_argument("--all", action="store_true", help="retry: every deferred message")
     parser.add_argument("--recipient", metavar="ADDRESS", help="only this recipient of ID")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from notifier.cli import limited
+from notifier.durations import TIMEOUT
 from notifier.errors import UsageError
 
 
@@ -45,11 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=limited(TIMEOUT, "e.g. --timeout 600 or 10m"),
         metavar="SECONDS",
-        help="wall-clock limit for the whole run (default 600)",
+        help="wall-clock limit for the whole run (default 600; 1s to 1d, or like 10m)",
     )
-    parser.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="limit per cell")
+    parser.add_argument(
+        "--cell-timeout",
+        type=limited(TIMEOUT, "e.g. --cell-timeout 120 or 2m"),
+        metavar="SECONDS",
+        help="limit per cell (1s to 1d)",
+    )
     parser.add_argument(
         "--kernel",
         metavar="NAME",

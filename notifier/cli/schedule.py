@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from notifier.cli import limited
+from notifier.settings import setting_limit
+from notifier.web.config import WEB_PORT
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `schedule` command (the scheduling daemon)."""
@@ -16,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
-    parser.add_argument("--workers", type=int, metavar="N", help="parallel runs (NOTIFIER_WORKERS)")
+    parser.add_argument(
+        "--workers",
+        type=limited(setting_limit("NOTIFIER_WORKERS"), "e.g. --workers 4"),
+        metavar="N",
+        help="parallel runs (NOTIFIER_WORKERS)",
+    )
     parser.add_argument(
         "--web",
         action=argparse.BooleanOptionalAction,
@@ -24,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve the dashboard too (default: on when it binds a loopback address)",
     )
     parser.add_argument("--web-host", metavar="HOST", help="dashboard address (127.0.0.1)")
-    parser.add_argument("--web-port", type=int, metavar="PORT", help="dashboard port (8765)")
+    parser.add_argument(
+        "--web-port",
+        type=limited(WEB_PORT, "e.g. --web-port 8765"),
+        metavar="PORT",
+        help="dashboard port (8765; 0 = any free port)",
+    )
     parser.set_defaults(handler=run)
 
 

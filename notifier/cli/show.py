@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from notifier.cli import limited
+from notifier.durations import Limit
+
 WHAT = ("summary", "output", "log", "failure", "email")
 
 
@@ -30,7 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run_id", metavar="RUN_ID")
     parser.add_argument("what", nargs="?", default="summary", choices=WHAT, metavar="WHAT")
-    parser.add_argument("number", nargs="?", type=int, metavar="N", help="for email: which one")
+    parser.add_argument(
+        "number",
+        nargs="?",
+        type=limited(Limit(1, 100_000, count=True), "e.g. email 1 for the first"),
+        metavar="N",
+        help="for email: which one",
+    )
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
     parser.add_argument("--json", action="store_true", help="summary as JSON")
     parser.add_argument("--jobs", default="jobs.yaml", metavar="FILE", help="for time zones")

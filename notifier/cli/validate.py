@@ -45,9 +45,13 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
 
     now = now or datetime.now(timezone.utc)
     try:
-        from notifier.cli.context import resolve_jobs_file
+        from notifier.cli.context import resolve_jobs_file, settings_for_jobs
 
-        jobs_file = load_jobs(resolve_jobs_file(args.path))
+        path = resolve_jobs_file(args.path)
+        jobs_file = load_jobs(path)
+        # the project's settings too (a NOTIFIER_* value out of range stops every command
+        # that runs jobs); SMTP_* problems are for `notifier doctor`
+        settings_for_jobs(path, smtp=False)
     except JobsFileError as error:
         print(str(error), file=sys.stderr)
         return error.exit_code
@@ -58,6 +62,12 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
     entries = []
     for job in jobs_file.jobs:
         times = job.next_fire_times(now, FIRE_TIMES) if job.enabled else []
+        warnings = job.warnings()
+        for warning in warnings:
+            print(
+                f"warning: {jobs_file.path}:{job.line}: job {job.name!r}: {warning}",
+                file=sys.stderr,
+            )
         entries.append(
             {
                 "name": job.name,
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace, now: datetime | None = None) -> int:
                 "timezone": job.timezone,
                 "enabled": job.enabled,
                 "next_fire_times": [t.isoformat() for t in times],
+                "warnings": warnings,
             }
         )
     if args.json:

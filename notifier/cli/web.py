@@ -14,6 +14,9 @@ from notifier.web.config import TOKEN_VARIABLE
 if TYPE_CHECKING:
     from notifier.web.server import WebServer
 
+from notifier.cli import limited
+from notifier.web.config import WEB_PORT
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `web` command (the dashboard)."""
@@ -29,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("jobs_file", nargs="?", default="jobs.yaml", metavar="JOBS_FILE")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
+    parser.add_argument(
+        "--port",
+        type=limited(WEB_PORT, "e.g. --port 8765"),
+        help="port (default 8765; 0 = any free port)",
+    )
     parser.set_defaults(handler=run)
 
 

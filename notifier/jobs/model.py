@@ -92,6 +92,27 @@ class Job:
         chosen = list(self.on_failure) if self.on_failure else [*self.to, *self.cc]
         return list(dict.fromkeys(chosen))
 
+    def warnings(self) -> list[str]:
+        """Valid but risky combinations of settings, one sentence each (``validate`` shows them).
+
+        ``keep_runs`` shorter than the misfire grace: runs are kept for the grace anyway
+        (a run's row keeps its slot taken, and a daemon may still fire or re-run a slot
+        within the grace; see ``notifier.runs.retention``), so keep_runs does less than it
+        says.
+        """
+        from notifier.durations import format_duration
+
+        found = []
+        keep, grace = self.keep_runs_seconds, self.misfire.grace_seconds
+        if keep and self.schedule is not None and keep < grace:
+            found.append(
+                f"keep_runs ({format_duration(keep)}) is shorter than the misfire grace "
+                f"({format_duration(grace)}): runs are kept for {format_duration(grace)} "
+                "anyway, so that a slot a daemon could still run is never run twice; set "
+                f"keep_runs to at least {format_duration(grace)} (or a shorter misfire grace)"
+            )
+        return found
+
     def next_fire_times(self, now: datetime | None = None, count: int = 5) -> list[datetime]:
         """The next ``count`` fire times, in the job's time zone."""
         now = now or datetime.now(timezone.utc)

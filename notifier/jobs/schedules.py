@@ -24,7 +24,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from notifier.durations import format_duration, parse_duration
+from notifier.durations import MAX_DURATION, Limit, format_duration
 from notifier.jobs.cron import CRONTAB_FORM, CrontabTrigger, parse_crontab, resolve_local
 
 SCHEDULE_FORM = (
@@ -33,6 +33,7 @@ SCHEDULE_FORM = (
 )
 DEFAULT_ANCHOR = datetime(2000, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
+INTERVAL = Limit(1, MAX_DURATION)  # every: 1s to 3650d
 _KEYS = {"cron": (), "every": ("start",), "at": ()}
 
 
@@ -59,10 +60,13 @@ class AnchoredIntervalTrigger(IntervalTrigger):
         else:
             elapsed = (now.astimezone(timezone.utc) - origin) // _MICROSECOND
             index = -(-elapsed // step)  # ceiling division
-        fire = origin + timedelta(microseconds=step * max(index, 0))
-        if self.end_date is not None and fire > self.end_date:
+        try:
+            fire = origin + timedelta(microseconds=step * max(index, 0))
+            if self.end_date is not None and fire > self.end_date:
+                return None
+            return fire.astimezone(self.timezone)
+        except OverflowError:  # past the year 9999: the schedule has no further slot
             return None
-        return fire.astimezone(self.timezone)
 
     def __str__(self) -> str:
         return f"every[{format_duration(self.interval.total_seconds())}]"
@@ -103,17 +107,27 @@ def _aware(value: datetime, tz: tzinfo) -> datetime:
     return resolve_local(value, tz) if value.tzinfo is None else value.astimezone(tz)
 
 
+_YEARS = (1970, 9998)  # a date-time outside can overflow when moved to another zone
+
+
 def _parse_datetime(value: object, key: str) -> datetime:
+    moment: datetime | None = None
     if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime.combine(value, time())
-    if isinstance(value, str):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time())
+    elif isinstance(value, str):
         try:
             text = value.strip()
-            return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
         except ValueError:
             pass
+    if moment is not None and not _YEARS[0] <= moment.year <= _YEARS[1]:
+        raise ValueError(
+            f"{key}: {value!s} is out of range; allowed: the years {_YEARS[0]} to {_YEARS[1]}"
+        )
+    if moment is not None:
+        return moment
     raise ValueError(
         f"{key}: invalid date-time {value!r}; expected ISO 8601 like 2026-12-01T08:00 "
         "(local to the job's timezone) or 2026-12-01T08:00+01:00"
@@ -140,11 +154,9 @@ def parse_schedule(value: object) -> Schedule:
     if kind == "at":
         return Schedule(kind="at", at=_parse_datetime(value["at"], "at"))
     try:
-        seconds = parse_duration(value["every"])
+        seconds = INTERVAL.parse(value["every"])
     except ValueError as exc:
         raise ValueError(f"every: {exc}") from None
-    if seconds < 1:
-        raise ValueError(f"every: {value['every']!r} is too short; the minimum is 1s")
     start = value.get("start")
     return Schedule(
         kind="every",

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from notifier.durations import DURATION_FORM, parse_duration
+from notifier.durations import (
+    DURATION,
+    DURATION_FORM,
+    MAX_DURATION,
+    MAX_TIMEOUT,
+    OPTIONAL_DURATION,
+    TIMEOUT,
+    Limit,
+)
 from notifier.jobs.model import DEFAULT_GRACE, DEFAULT_RETRY_DELAY
 from notifier.jobs.schedules import SCHEDULE_FORM, Schedule, parse_schedule
 
@@ -56,13 +64,24 @@ FORMS = {
 # --- value checks used by the models --------------------------------------------------------
 
 
-def _duration(minimum: float, *, allow_number: bool = True) -> BeforeValidator:
+# The range of each duration field (see notifier.durations): finite, so no value can
+# overflow a date or disable a limit.
+LIMITS = {
+    "timeout": TIMEOUT,  # 1s to 1d
+    "cell_timeout": TIMEOUT,
+    "keep_runs": Limit(1, MAX_DURATION, unit=True),  # 1s to 3650d, with a unit
+    "cooldown": OPTIONAL_DURATION,  # 0s to 3650d
+    "deliver_within": DURATION,  # 1s to 3650d
+    "delay": Limit(0, MAX_TIMEOUT),  # a retry waits in a worker: 0s to 1d
+    "grace": OPTIONAL_DURATION,
+}
+
+
+def _duration(field: str) -> BeforeValidator:
+    limit = LIMITS[field]
+
     def check(value: object) -> float:
-        seconds = parse_duration(value, allow_number=allow_number)
-        if seconds < minimum:
-            limit = "must not be negative" if minimum == 0 else f"the minimum is {minimum:g}s"
-            raise ValueError(f"{value!r} is too short: {limit}")
-        return seconds
+        return float(limit.parse(value))
 
     return BeforeValidator(check)
 
@@ -246,7 +265,7 @@ class RetriesModel(_Model):
     """``retries: 3`` or ``retries: {count: 3, delay: 30s}``."""
 
     count: int = Field(default=0, ge=0, le=100)
-    delay: Annotated[float, _duration(0)] = DEFAULT_RETRY_DELAY
+    delay: Annotated[float, _duration("delay")] = DEFAULT_RETRY_DELAY
 
 
 class MisfireModel(_Model):
@@ -255,21 +274,21 @@ class MisfireModel(_Model):
     policy: Annotated[Literal["skip", "run_once", "catch_up"], BeforeValidator(_policy)] = (
         "run_once"
     )
-    grace: Annotated[float, _duration(0)] = DEFAULT_GRACE
+    grace: Annotated[float, _duration("grace")] = DEFAULT_GRACE
 
 
 class DefaultsModel(_Model):
     """The ``defaults:`` section: values every job inherits unless it sets its own."""
 
     timezone: TimeZoneKey | None = None
-    timeout: Annotated[float, _duration(1)] | None = None
-    cell_timeout: Annotated[float, _duration(1)] | None = None
+    timeout: Annotated[float, _duration("timeout")] | None = None
+    cell_timeout: Annotated[float, _duration("cell_timeout")] | None = None
     retries: Annotated[RetriesModel, BeforeValidator(_retries_shape)] | None = None
     misfire: Annotated[MisfireModel, BeforeValidator(_misfire_shape)] | None = None
-    keep_runs: Annotated[float, _duration(1, allow_number=False)] | None = None
-    cooldown: Annotated[float, _duration(0)] | None = None
+    keep_runs: Annotated[float, _duration("keep_runs")] | None = None
+    cooldown: Annotated[float, _duration("cooldown")] | None = None
     notify_recovery: bool | None = None
-    deliver_within: Annotated[float, _duration(1)] | None = None
+    deliver_within: Annotated[float, _duration("deliver_within")] | None = None
     on_unknown: Literal["skip", "resend"] | None = None
     to: Addresses | None = None
     cc: Addresses | None = None

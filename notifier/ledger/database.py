@@ -72,6 +72,21 @@ def _enable_wal(cursor: Any) -> None:
 # until it wakes up: the server ends such a session after this long. No transaction of the
 # ledger waits on anything but the database.
 IDLE_IN_TRANSACTION_MS = 30_000
+# No ledger statement takes long: one that runs this long is waiting on a lock or on a
+# server in trouble, and the node must get a LedgerError (and retry) instead of hanging.
+STATEMENT_TIMEOUT_MS = 60_000
+# A server or network that dies without closing the connection (a powered-off host, a
+# dropped NAT entry) must not leave a node waiting forever on a socket: TCP keepalives
+# find a silent peer within about a minute, and unacknowledged writes give up after
+# TCP_USER_TIMEOUT_MS (libpq parameters; a value in NOTIFIER_DB_URL's query wins).
+POSTGRESQL_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 
 def _postgresql_session(dbapi_conn: Any, _record: Any) -> None:
@@ -79,6 +94,7 @@ def _postgresql_session(dbapi_conn: Any, _record: Any) -> None:
     try:
         with dbapi_conn.cursor() as cursor:
             cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+            cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         dbapi_conn.commit()
     except Exception:  # a pooler that refuses SET: the ledger still works, just less guarded
         dbapi_conn.rollback()
@@ -146,7 +162,12 @@ class Database:
 
     def _make_engine(self, parsed: Any) -> Engine:
         if not self.sqlite:
-            timeouts = {"connect_timeout": 10} if self.postgresql else {}
+            given = set(parsed.query)
+            timeouts = {
+                key: value
+                for key, value in POSTGRESQL_CONNECT_ARGS.items()
+                if self.postgresql and key not in given
+            }
             engine = create_engine(parsed, pool_pre_ping=True, connect_args=timeouts)
             if self.postgresql:
                 event.listen(engine, "connect", _postgresql_session)
@@ -180,7 +201,8 @@ class Database:
         stored: str | None = None
         for attempt in range(3):
             try:
-                with self.tx(write=True) as conn:
+                # ProgrammingError too: "already exists" when two nodes create the tables
+                with self._tx(write=True, passed_on=(IntegrityError, ProgrammingError)) as conn:
                     key = meta_table.c.key == "schema_version"
                     has_meta = self.engine.dialect.has_table(conn, meta_table.name)
                     stored = (
@@ -239,20 +261,43 @@ class Database:
                 "make sure the directory of the SQLite file exists and is writable, "
                 "or set NOTIFIER_DB_URL to another location"
             )
+        elif "statement timeout" in lowered:
+            fix = (
+                f"the database did not finish a ledger statement within "
+                f"{STATEMENT_TIMEOUT_MS // 1000} s (a lock held by another session, or an "
+                "overloaded server); it is tried again, check the server's activity"
+            )
+        elif not isinstance(exc, (OperationalError, InterfaceError)):
+            fix = (
+                "the database refused a ledger statement; check that NOTIFIER_DB_URL points "
+                "at a notifier ledger of this version and that its user may write to it"
+            )
         else:
             fix = "check NOTIFIER_DB_URL and that the database server is running and reachable"
         return LedgerError(f"the run ledger at {self.url} failed: {reason[:300]}", fix=fix)
 
     @contextmanager
     def tx(self, *, write: bool) -> Iterator[Connection]:
-        """A transaction; ``write=True`` takes SQLite's write lock up front."""
+        """A transaction; ``write=True`` takes SQLite's write lock up front.
+
+        Every driver error becomes a :class:`LedgerError` (cause and fix, the URL without
+        its password), except IntegrityError: a unique key hit is an answer the ledger
+        uses (a slot already claimed), not a failure.
+        """
+        with self._tx(write=write, passed_on=(IntegrityError,)) as conn:
+            yield conn
+
+    @contextmanager
+    def _tx(self, *, write: bool, passed_on: tuple[type[DBAPIError], ...]) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 if write and self.sqlite:
                     conn = conn.execution_options(notifier_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
-        except (OperationalError, InterfaceError) as exc:
+        except passed_on:
+            raise
+        except DBAPIError as exc:
             raise self.wrap(exc) from exc
 
     # ------------------------------------------------------------------ clocks

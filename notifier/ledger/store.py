@@ -754,7 +754,9 @@ class Ledger:
 
         Claimed, running and delivering runs are kept, and so are runs with mail still
         waiting in the queue. Returns the runs' output paths so the caller can delete the
-        files. Purged scheduled slots no longer count as taken.
+        files. Purged scheduled slots no longer count as taken, so ``older_than`` must be
+        no later than now minus the job's misfire grace (``runs.retention`` makes sure):
+        within it a daemon could still fire the slot, or re-run it when interrupted.
         """
         cutoff = as_utc(older_than, "older_than")
         keep = [s.value for s in (*ACTIVE_RUN, RunStatus.DELIVERING)]

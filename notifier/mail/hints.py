@@ -46,6 +46,21 @@ class NoGreeting(TimeoutError):
     """No SMTP greeting within the timeout, and the server did not answer TLS either."""
 
 
+class SlowReply(TimeoutError):
+    """The server was sending a reply but did not finish it within the timeout."""
+
+
+def _slow_reply(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SlowReply):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class ResolverDown(socket.gaierror):
     """A host name did not resolve and well-known names (``checked``) did not either."""
 
@@ -173,6 +188,14 @@ def _diagnose(problem: BaseException | Reply, settings: Settings, stage: str | N
         return _from_certificate(problem, settings)
     if isinstance(problem, ssl.SSLError):
         return _from_tls(problem, settings)
+    if _slow_reply(problem):
+        return Hint(
+            f"{_where(settings)} sent a reply during {stage or 'the session'} too slowly: "
+            f"not complete within {settings.timeout:g} s (SMTP_TIMEOUT bounds a whole reply).",
+            "it is retried; if the server is just slow raise SMTP_TIMEOUT, else report the "
+            "server to its administrator",
+            transient=True,
+        )
     if is_timeout(problem):
         return _from_timeout(settings, stage)
     if isinstance(problem, ConnectionRefusedError):

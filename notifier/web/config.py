@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from notifier.durations import Limit
 from notifier.errors import UsageError
+
+WEB_PORT = Limit(0, 65535, count=True)  # 0: any free port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -73,10 +76,10 @@ def web_config(host: str | None, port: int | None, environment: Mapping[str, str
     if port is None:
         raw = environment.get("NOTIFIER_WEB_PORT", "")
         try:
-            port = int(raw) if raw else DEFAULT_PORT
-        except ValueError:
+            port = int(WEB_PORT.parse(raw)) if raw else DEFAULT_PORT
+        except ValueError as problem:
             raise UsageError(
-                f"NOTIFIER_WEB_PORT must be a port number, not {raw!r}.", "e.g. 8765"
+                f"NOTIFIER_WEB_PORT={problem}.", "e.g. NOTIFIER_WEB_PORT=8765 (0: any free port)"
             ) from None
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number.", "use 1-65535, e.g. 8765")

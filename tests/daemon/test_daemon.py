@@ -573,6 +573,58 @@ jobs:
     assert project.subjects() == [f"Alert {now.isoformat()}"]
 
 
+def test_retention_keeps_the_folder_of_a_run_it_keeps(project: Project) -> None:
+    """An old run still going on another node (or with mail waiting) stays in the ledger,
+    and its run folder stays too: deleting it would kill that run's worker."""
+    project.write_jobs(
+        """
+jobs:
+  - name: kept
+    notebook: alert.ipynb
+    schedule: "* * * * *"
+    timezone: UTC
+    to: ops@example.com
+    keep_runs: 1d
+"""
+    )
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    old_slot = now - timedelta(days=3)
+    running = project.ledger(owner="other-node").claim("kept", old_slot)
+    assert running is not None
+    folder = run_folder(project.settings.runs_dir, "kept", running.run_id, old_slot)
+    (folder / "worker.log").write_text("still working\n")
+
+    project.daemon(Clock(now + timedelta(seconds=2))).fire("kept", slot=now)
+
+    assert project.ledger().get(running.run_id) is not None
+    assert (folder / "worker.log").is_file()
+
+
+def test_retention_never_frees_a_slot_a_second_daemon_could_still_run(project: Project) -> None:
+    """keep_runs shorter than the grace: the run of a slot within the grace stays in the
+    ledger (its row is what keeps the slot taken), so a second daemon firing the same slot
+    later, as its scheduler or catch-up does, finds it taken and mails nothing."""
+    project.write_jobs(
+        """
+jobs:
+  - name: often
+    notebook: alert.ipynb
+    schedule: "*/2 * * * *"
+    timezone: UTC
+    to: ops@example.com
+    misfire: {policy: catch_up, grace: 1d}
+    keep_runs: 3m
+"""
+    )
+    slot = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=4)
+    first, second = (project.daemon(Clock(slot + timedelta(minutes=4))) for _ in range(2))
+    first.fire("often", slot=slot)  # runs it, then applies keep_runs (the slot is 4m old)
+    second.fire("often", slot=slot)
+    assert project.subjects() == [f"Alert {slot.isoformat()}"]
+    [run] = project.ledger().history("often", limit=None)
+    assert run.slot == slot and run.status == "succeeded"
+
+
 # --- interrupted runs of a crashed daemon -----------------------------------------------------
 
 

@@ -367,8 +367,8 @@ jobs:
         ),
         (
             "schedule: {every: 10 minutes}",
-            ":4: job 'daily-sales', field 'schedule': every: invalid duration '10 minutes': "
-            "expected a duration like 90s, 10m, 1h30m, 2d, or a number of seconds",
+            ":4: job 'daily-sales', field 'schedule': every: '10 minutes' is not a duration "
+            "like 90s, 10m, 1h30m, 2d, or a number of seconds; allowed: 1s to 3650d",
         ),
         (
             "schedule: {at: next tuesday}",
@@ -390,19 +390,41 @@ jobs:
         ),
         (
             "timeout: 10 minutes",
-            ":5: job 'daily-sales', field 'timeout': invalid duration '10 minutes'",
+            ":5: job 'daily-sales', field 'timeout': '10 minutes' is not a duration like 90s, "
+            "10m, 1h30m, 2d, or a number of seconds; allowed: 1s to 1d",
         ),
-        ("timeout: 0", ":5: job 'daily-sales', field 'timeout': 0 is too short: the minimum is 1s"),
-        ("cell_timeout: 5x", ":5: job 'daily-sales', field 'cell_timeout': invalid duration"),
-        ("cooldown: -5", ":5: job 'daily-sales', field 'cooldown': -5 is too short"),
+        ("timeout: 0", ":5: job 'daily-sales', field 'timeout': 0 is zero; allowed: 1s to 1d"),
+        ("timeout: 2d", ":5: job 'daily-sales', field 'timeout': '2d' is more than 1d"),
+        ("timeout: .nan", ":5: job 'daily-sales', field 'timeout': nan is not a duration"),
+        ("cell_timeout: 5x", ":5: job 'daily-sales', field 'cell_timeout': '5x' is not a"),
+        ("cell_timeout: .inf", ":5: job 'daily-sales', field 'cell_timeout': inf is not a"),
+        ("cooldown: -5", ":5: job 'daily-sales', field 'cooldown': -5 is negative"),
+        (
+            "cooldown: 99999999999d",
+            ":5: job 'daily-sales', field 'cooldown': '99999999999d' is more than 3650d; "
+            "allowed: 0s to 3650d",
+        ),
+        (
+            "deliver_within: 99999999d",
+            ":5: job 'daily-sales', field 'deliver_within': '99999999d' is more than 3650d; "
+            "allowed: 1s to 3650d",
+        ),
+        (
+            "keep_runs: 99999999999d",
+            ":5: job 'daily-sales', field 'keep_runs': '99999999999d' is more than 3650d",
+        ),
         (
             "keep_runs: 30",
-            ":5: job 'daily-sales', field 'keep_runs': a bare number is ambiguous here (30); "
-            "write the unit, e.g. '30d'",
+            ":5: job 'daily-sales', field 'keep_runs': 30 needs a unit (a bare number is "
+            "ambiguous), e.g. '30d'",
         ),
         (
             "retries: {count: 3, delay: soon}",
-            ":5: job 'daily-sales', field 'retries.delay': invalid duration 'soon'",
+            ":5: job 'daily-sales', field 'retries.delay': 'soon' is not a duration",
+        ),
+        (
+            "retries: {count: 3, delay: 2d}",
+            ":5: job 'daily-sales', field 'retries.delay': '2d' is more than 1d; allowed: 0s to 1d",
         ),
         (
             "retries: {count: -1}",
@@ -425,7 +447,7 @@ jobs:
         ),
         (
             "misfire: {policy: skip, grace: x}",
-            ":5: job 'daily-sales', field 'misfire.grace': invalid duration 'x'",
+            ":5: job 'daily-sales', field 'misfire.grace': 'x' is not a duration",
         ),
         (
             "to: not-an-address",
@@ -740,7 +762,7 @@ def test_every_error_is_reported_at_once_in_line_order(project):
     )
     problems = problems_of(path)
     expected = [
-        f"{path}:2: defaults, field 'timeout': invalid duration 'forever'",
+        f"{path}:2: defaults, field 'timeout': 'forever' is not a duration",
         f"{path}:5: job 'daily-sales', field 'notebook': notebook 'notebooks/missing.ipynb' "
         "not found",
         f"{path}:6: job 'daily-sales', field 'schedule': invalid crontab '61 * * * *': "
@@ -749,7 +771,7 @@ def test_every_error_is_reported_at_once_in_line_order(project):
         f"{path}:8: job 'daily-sales', field 'shedule': unknown key (did you mean 'schedule'?)",
         f"{path}:9: job 'daily-sales', field 'name': duplicate name 'daily-sales' "
         "(first used on line 4)",
-        f"{path}:11: job 'daily-sales', field 'schedule': every: '0s' is too short",
+        f"{path}:11: job 'daily-sales', field 'schedule': every: '0s' is zero",
         f"{path}:12: job #3: expected a mapping with name:, notebook: and schedule:",
         f"{path}:16: job 'ok', field 'timezone': unknown time zone 'Nowhere/City'",
         f"{path}:17: job 'ok', field 'to': undefined environment variable ${{UNSET_ADDRESS}}",
@@ -814,6 +836,7 @@ def test_validate_json(project, capsys):
             "2026-04-02T08:00:00+02:00",
             "2026-04-03T08:00:00+02:00",
         ],
+        "warnings": [],
     }
     assert alert["enabled"] is False
     assert alert["next_fire_times"] == []

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.date import DateTrigger
 
-from notifier.durations import format_duration, parse_duration
+from notifier.durations import DURATION, TIMEOUT, Limit, format_duration, parse_duration
 from notifier.jobs.cron import CrontabTrigger
 from notifier.jobs.schedules import (
     AnchoredIntervalTrigger,
@@ -66,6 +66,40 @@ def test_parse_duration_rejects_bool_and_bare_number_when_unit_required():
         parse_duration(30, allow_number=False)
 
 
+@pytest.mark.parametrize(
+    ("limit", "value", "message"),
+    [
+        (TIMEOUT, "nan", "'nan' is not a duration like 90s"),
+        (TIMEOUT, float("nan"), "nan is not a duration"),
+        (TIMEOUT, float("inf"), "inf is not a duration"),
+        (TIMEOUT, "-5", "'-5' is negative"),
+        (TIMEOUT, -5, "-5 is negative"),
+        (TIMEOUT, "0", "'0' is zero"),
+        (TIMEOUT, 0.5, "0.5 is under 1s"),
+        (TIMEOUT, "1d1s", "'1d1s' is more than 1d"),
+        (DURATION, "99999999999d", "'99999999999d' is more than 3650d; allowed: 1s to 3650d"),
+        (DURATION, "9" * 400 + "d", "...' is not a duration like 90s"),
+        (Limit(1, 10_000, count=True), "99999999999999999999", "is more than 10000"),
+        (Limit(1, 10_000, count=True), "9" * 5000, "is more than 10000; allowed: 1 to 10000"),
+        (Limit(1, 10_000, count=True), "2.5", "'2.5' is not a whole number"),
+        (Limit(1, 10_000, count=True), True, "True is not a whole number"),
+        (Limit(1, 60, unit=True), "30", "'30' needs a unit"),
+    ],
+)
+def test_limits_refuse_what_is_not_finite_or_out_of_range(limit, value, message):
+    with pytest.raises(ValueError) as info:
+        limit.parse(value)
+    assert message in str(info.value)
+    assert str(info.value).endswith(f"allowed: {limit.describe()}")
+
+
+def test_limits_accept_their_whole_range():
+    assert (TIMEOUT.parse("1s"), TIMEOUT.parse("1d"), TIMEOUT.parse(600)) == (1, 86400, 600)
+    assert DURATION.parse("3650d") == 3650 * 86400
+    assert Limit(0, 5, count=True).parse(" 0 ") == 0
+    assert Limit(1, 60, unit=True).parse("30s") == 30
+
+
 def test_format_duration():
     assert format_duration(5400) == "1h30m"
     assert format_duration(86400) == "1d"
@@ -73,6 +107,12 @@ def test_format_duration():
 
 
 # --- intervals ------------------------------------------------------------------------------
+
+
+def test_an_interval_that_runs_past_the_year_9999_just_ends():
+    trigger = build_trigger({"every": "1000d", "start": "9998-01-01T00:00"}, UTC)
+    times = next_fire_times(trigger, datetime(9997, 12, 1, tzinfo=UTC), count=5)
+    assert times == [datetime(9998, 1, 1, tzinfo=UTC)]  # the next is in the year 10000
 
 
 def test_interval_is_anchored_to_2000_in_the_job_zone():
@@ -215,9 +255,12 @@ def test_next_fire_times_are_aware_and_increasing():
     ("value", "message"),
     [
         ("61 * * * *", "minute 61 out of range 0-59"),
-        ({"every": "0s"}, "every: '0s' is too short; the minimum is 1s"),
-        ({"every": "0.5s"}, "the minimum is 1s"),
-        ({"every": "5x"}, "every: invalid duration '5x'"),
+        ({"every": "0s"}, "every: '0s' is zero; allowed: 1s to 3650d"),
+        ({"every": "0.5s"}, "every: '0.5s' is under 1s; allowed: 1s to 3650d"),
+        ({"every": "99999999999d"}, "every: '99999999999d' is more than 3650d"),
+        ({"every": "5x"}, "every: '5x' is not a duration like 90s"),
+        ({"every": "5m", "start": "9999-12-31T23:59"}, "start: 9999-12-31T23:59 is out of range"),
+        ({"at": "0001-01-01T00:00"}, "at: 0001-01-01T00:00 is out of range; allowed: the years"),
         ({"at": "tomorrow"}, "at: invalid date-time 'tomorrow'; expected ISO 8601"),
         ({"every": "5m", "start": "soon"}, "start: invalid date-time 'soon'"),
         ({"every": "5m", "at": "2026-01-01T00:00"}, "exactly one of cron, every, at"),

@@ -765,6 +765,39 @@ def test_postgresql_judges_leases_by_the_servers_clock(postgres_url: str) -> Non
             ledger.close()
 
 
+def test_postgresql_connections_are_bounded_and_driver_errors_are_ledger_errors(
+    postgres_url: str,
+) -> None:
+    """A dead server or network never hangs a node: TCP keepalives and a user timeout on
+    the socket, a statement timeout in the session. Whatever the driver raises (but a
+    unique key hit) reaches callers as a LedgerError with its fix."""
+    ledger = Ledger(postgres_url)
+    try:
+        with ledger.db.tx(write=False) as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "1min"
+            info = conn.connection.dbapi_connection.info  # type: ignore[union-attr]
+            params = info.get_parameters()
+        assert params.get("keepalives", "1") == "1"  # libpq leaves its default out
+        assert (params["keepalives_idle"], params["keepalives_count"]) == ("30", "3")
+        assert params["tcp_user_timeout"] == "60000"
+
+        with pytest.raises(LedgerError) as slow:
+            with ledger.db.tx(write=True) as conn:
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 200")
+                conn.exec_driver_sql("SELECT pg_sleep(30)")
+        assert "statement timeout" in slow.value.message and "60 s" in (slow.value.fix or "")
+
+        with pytest.raises(LedgerError) as refused:  # a DataError, not an OperationalError
+            with ledger.db.tx(write=False) as conn:
+                conn.exec_driver_sql("SELECT 1 / 0")
+        assert "division by zero" in refused.value.message and refused.value.fix
+
+        assert ledger.claim("daily", T0) is not None
+        assert ledger.claim("daily", T0) is None  # IntegrityError is still an answer
+    finally:
+        ledger.close()
+
+
 def test_read_only_commands_on_an_empty_postgresql_database(postgres_url: str) -> None:
     from notifier.ledger import NoLedgerYet
 

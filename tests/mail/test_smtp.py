@@ -739,3 +739,73 @@ def test_a_missing_starttls_ends_the_session_with_quit(smtp_server_factory):
 
     assert "does not offer STARTTLS" in result.error
     assert server.counts["QUIT"] == 1
+
+
+# -- a server that trickles its replies --------------------------------------------------------
+
+
+class TricklingServer:
+    """A real TCP server on 127.0.0.1 that answers like SMTP, but sends ``slow`` (the reply
+    to the ``after``-th command, 0 = the greeting) one byte every ``pause`` seconds: each
+    byte comes well within the client's socket timeout, the whole reply never does."""
+
+    def __init__(self, slow: bytes, after: int = 0, pause: float = 0.25) -> None:
+        self.slow, self.after, self.pause = slow, after, pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.trickled = 0  # bytes of the slow reply sent before the client gave up
+        self.hung_up = threading.Event()  # the client closed the link mid-reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            try:
+                if self.after:
+                    conn.sendall(b"220 trickle.test ESMTP\r\n")
+                    for _ in range(self.after - 1):
+                        conn.recv(1024)
+                        conn.sendall(b"250 trickle.test\r\n")
+                    conn.recv(1024)
+                for byte in self.slow:
+                    conn.sendall(bytes([byte]))
+                    self.trickled += 1
+                    time.sleep(self.pause)
+            except OSError:
+                pass  # the client closed the link: sending fails a byte or two later
+            finally:
+                self.hung_up.set()  # ... or the whole reply went out
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("after", "stage"), [(0, "greeting"), (1, "EHLO reply")], ids=["greeting", "ehlo"]
+)
+def test_a_server_trickling_a_reply_cannot_hold_the_connection_past_the_timeout(after, stage):
+    """SMTP_TIMEOUT bounds a whole reply, not each byte: a 60-byte reply at 4 bytes a second
+    (each byte inside the 1 s socket timeout) is given up after about 1 s, the connection
+    closed while the server is still trickling, and the message reported as not sent."""
+    slow = b"220 " + b"t" * 54 + b"\r\n" if after == 0 else b"250 " + b"t" * 54 + b"\r\n"
+    server = TricklingServer(slow, after=after)
+    try:
+        settings = Settings(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            sender=SENDER,
+            timeout=1.0,
+            retries=0,
+            helo_name="client.test",
+        )
+        [result] = transport(settings).send([make()])
+        assert not result.ok and result.error, (stage, result)
+        assert "too slowly: not complete within 1 s" in result.error, result.error
+        assert "SMTP_TIMEOUT" in result.error
+        assert server.hung_up.wait(30)
+        assert server.trickled < len(slow), (stage, server.trickled)  # given up mid-reply
+    finally:
+        server.close()

@@ -362,7 +362,9 @@ def test_other_addresses_always_get_a_token() -> None:
     assert given.token == TOKEN and not given.token_generated
     with pytest.raises(UsageError, match="too short"):
         web_config("0.0.0.0", 8765, {"NOTIFIER_WEB_TOKEN": "short"})
-    with pytest.raises(UsageError, match="port number"):
+    with pytest.raises(
+        UsageError, match="NOTIFIER_WEB_PORT=.eighty. is not a whole number; allowed: 0 to 65535"
+    ):
         web_config(None, None, {"NOTIFIER_WEB_PORT": "eighty"})
 
 

@@ -14,6 +14,7 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -23,6 +24,7 @@ from notifier.mail.hints import (
     ImplicitTLSGreeting,
     NoGreeting,
     ResolverDown,
+    SlowReply,
     hint,
     is_tls_record,
 )
@@ -133,6 +135,71 @@ def local_hostname() -> str:
     return fqdn if "." in fqdn else "localhost.localdomain"
 
 
+class _DeadlineReader:
+    """What smtplib reads replies from (its ``file``), with a deadline for a whole reply.
+
+    A socket timeout bounds one ``recv`` only, so a server trickling a byte just before
+    each timeout could hold a reply (and the connection, and a worker) for ever; smtplib
+    reads through ``sock.makefile()``, whose ``readline`` never gives up. Here every
+    ``recv`` waits at most what is left of the reply's deadline (:meth:`start`), and then
+    :class:`SlowReply` (a TimeoutError) ends the reply (smtplib turns it into
+    SMTPServerDisconnected; the hint says the server was too slow).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.deadline: float | None = None
+        self.budget = 0.0
+        self.begun = False  # some of this reply arrived
+
+    def start(self, budget: float | None) -> None:
+        """A new reply: it must be complete within ``budget`` seconds (None: no deadline)."""
+        self.budget = budget or 0.0
+        self.begun = bool(self.buffer)
+        self.deadline = None if budget is None else time.monotonic() + budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        """One line (up to ``limit`` bytes) from the buffer and the socket, within the deadline."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0 and (limit < 0 or end < limit):
+                cut = end + 1
+                break
+            if 0 <= limit <= len(self.buffer):
+                cut = limit
+                break
+            chunk = self._recv()
+            self.begun = True
+            if not chunk:  # EOF: what there is (smtplib reports the closed link)
+                cut = len(self.buffer)
+                break
+            self.buffer += chunk
+        line, self.buffer = self.buffer[:cut], self.buffer[cut:]
+        return line
+
+    def _recv(self) -> bytes:
+        if self.deadline is None:
+            return self.sock.recv(8192)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SlowReply(f"timed out: no complete reply within {self.budget:g} s")
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(left if previous is None else min(left, previous))
+        try:
+            return self.sock.recv(8192)
+        except TimeoutError:
+            if self.begun:  # the reply had begun: it came too slowly
+                raise SlowReply(f"timed out: no complete reply within {self.budget:g} s") from None
+            raise
+        finally:
+            self.sock.settimeout(previous)
+
+    def close(self) -> None:
+        """Forget the buffer (smtplib closes the socket itself)."""
+        self.buffer = b""
+
+
 class _ConnectMixin:
     """What :class:`SMTPConnection` and :class:`SMTPSSLConnection` share.
 
@@ -187,6 +254,21 @@ class _ConnectMixin:
     def _wrap(self, sock: socket.socket) -> socket.socket:
         """Secure a freshly connected socket before the greeting (nothing to do for plain SMTP)."""
         return sock
+
+    def getreply(self) -> tuple[int, bytes]:
+        """smtplib's reply reader, with the whole reply due within the socket's timeout.
+
+        The budget is the socket's current timeout (``SMTP_TIMEOUT``, or the shorter wait
+        ``quit_quietly`` sets), counted from here to the reply's last line, however the
+        server spreads its bytes (see :class:`_DeadlineReader`).
+        """
+        sock = self.sock  # type: ignore[attr-defined]
+        if sock is not None:
+            reader = self.file  # type: ignore[has-type]
+            if not isinstance(reader, _DeadlineReader) or reader.sock is not sock:
+                reader = self.file = _DeadlineReader(sock)  # new link, or TLS after STARTTLS
+            reader.start(sock.gettimeout())
+        return super().getreply()  # type: ignore[misc]
 
 
 def _await_greeting(sock: socket.socket, host: str, timeout: float) -> None:
