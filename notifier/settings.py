@@ -28,6 +28,8 @@ DEFAULT_RUN_TIMEOUT = 600.0  # a notebook run's wall-clock limit
 DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_WORKERS = 4
 DEFAULT_SHUTDOWN_GRACE = 30.0
+# warm starts: a slot's worker and kernel are prepared this many seconds before it (0: off)
+DEFAULT_WARM_LEAD = 5.0
 DEFAULT_DELIVERY_LIFETIME = 86400.0  # how long an email keeps being retried
 DEFAULT_RETRY_BACKOFF = 30.0
 DEFAULT_RETRY_BACKOFF_MAX = 900.0
@@ -149,6 +151,8 @@ class Settings:
     timezone: str = "UTC"
     workers: int = DEFAULT_WORKERS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # NOTIFIER_WARM_LEAD: prepare each slot's worker and kernel this long before it; 0 = off
+    warm_lead: float = DEFAULT_WARM_LEAD
     # the outbound queue: how long a report keeps being retried, and the retry backoff
     delivery_lifetime: float = DEFAULT_DELIVERY_LIFETIME
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
@@ -315,6 +319,7 @@ _EXAMPLES = {
     "NOTIFIER_RETRY_BACKOFF": "30s",
     "NOTIFIER_RETRY_BACKOFF_MAX": "15m",
     "NOTIFIER_LEASE_SECONDS": "60",
+    "NOTIFIER_WARM_LEAD": "5s",
 }
 
 
@@ -415,6 +420,7 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "timezone": timezone,
         "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or DEFAULT_WORKERS,
         "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+        "warm_lead": _parse_duration(values, "NOTIFIER_WARM_LEAD", DEFAULT_WARM_LEAD, 0.0),
         "transport": _parse_transport(values),
         "delivery_lifetime": _parse_duration(
             values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME, 1.0

@@ -7,7 +7,8 @@ Scheduled slots, ``notifier run JOB``, ``notifier run NOTEBOOK`` and the dashboa
    request), so a slot never runs twice; an ad-hoc notebook run is a manual run of a job
    named after the notebook;
 2. **execute** the notebook in a worker process (:mod:`notifier.notebook.execute`), with the job's
-   ``retries`` for a failing notebook;
+   ``retries`` for a failing notebook; a scheduled slot takes the worker the daemon
+   prepared for it (a warm start, ``prepared=``), when there is one;
 3. **plan** every email it declared (an invalid one fails the run with the real cause)
    and apply the alert rules (cooldown, recovery);
 4. **queue** them, one row per (email, recipient), keyed by content, in one transaction
@@ -52,6 +53,7 @@ from notifier.ledger.queue import NewMessage
 from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute
+from notifier.notebook.prepared import PreparedWorker
 from notifier.runs import alerts
 from notifier.runs.retention import apply_retention
 from notifier.settings import Settings
@@ -113,6 +115,7 @@ class RunPath:
         abort: threading.Event | None = None,
         executor: Callable[..., Execution] = execute,  # (request, settings, *, progress)
         on_outcome: OutcomeCallback | None = None,
+        prepared: Callable[[Job, datetime], PreparedWorker | None] | None = None,
     ) -> None:
         self.settings = settings
         # told of each recipient's answer as the run's mail goes out (a progress bar)
@@ -128,6 +131,8 @@ class RunPath:
         # the notebook's outcome is in memory: a briefly locked ledger must not lose it
         self._patience = Patience(log, stopping=self.abort, grace=settings.shutdown_grace)
         self._execute = executor
+        # the warm pool's take(job, slot): the worker prepared for a scheduled slot
+        self._prepared = prepared
 
     # ------------------------------------------------------------------ claims
 
@@ -145,7 +150,10 @@ class RunPath:
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
             return None
-        return self.execute_claimed(job, run)
+        prepared = None
+        if trigger == "schedule" and self._prepared is not None:
+            prepared = self._prepared(job, slot)
+        return self.execute_claimed(job, run, prepared=prepared)
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> RunResult | None:
         """Take over an interrupted run of the same slot (None when another process did)."""
@@ -182,12 +190,20 @@ class RunPath:
 
     # ------------------------------------------------------------- one run
 
-    def execute_claimed(self, job: Job, run: Run, *, dry_run: bool = False) -> RunResult:
-        """Run a slot this node holds, to the end of its first delivery pass."""
+    def execute_claimed(
+        self,
+        job: Job,
+        run: Run,
+        *,
+        dry_run: bool = False,
+        prepared: PreparedWorker | None = None,
+    ) -> RunResult:
+        """Run a slot this node holds, to the end of its first delivery pass (on the worker
+        ``prepared`` for it, when given: used once, or shut down if the run never starts)."""
         result = RunResult(run, None)
         kind = "outbox" if dry_run or self.settings.uses_outbox else "default"
         try:
-            self._execute_claimed(job, run, kind, result)
+            self._execute_claimed(job, run, kind, result, prepared)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
         except LedgerError as error:  # gone for good (Patience waited): say it in one line
@@ -205,6 +221,9 @@ class RunPath:
                 run.run_id, "interrupted", attempt=run.attempt, error="interrupted by the user"
             )
             raise
+        finally:
+            if prepared is not None and not prepared.handed_over:  # the run never started
+                prepared.discard()
         try:
             stored = self.ledger.get(run.run_id)
         except LedgerError:
@@ -215,11 +234,18 @@ class RunPath:
             apply_retention(self.ledger, self.settings, job)
         return result
 
-    def _execute_claimed(self, job: Job, run: Run, kind: str, result: RunResult) -> None:
+    def _execute_claimed(
+        self,
+        job: Job,
+        run: Run,
+        kind: str,
+        result: RunResult,
+        prepared: PreparedWorker | None = None,
+    ) -> None:
         if not self.ledger.mark_running(run.run_id, run.attempt):
             raise Fenced(f"run {run.run_id} was taken over before it started")
         try:
-            execution = self._execute_with_retries(job, request_for(job, run), run)
+            execution = self._execute_with_retries(job, request_for(job, run), run, prepared)
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
             if self.ledger.finish(run.run_id, "failed", attempt=run.attempt, error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
@@ -262,10 +288,14 @@ class RunPath:
         """Where the worker's progress goes: the run's row, shown live by the dashboard."""
         return lambda progress: self.ledger.set_progress(run.run_id, progress)
 
-    def _execute_with_retries(self, job: Job, request: RunRequest, run: Run) -> Execution:
+    def _execute_with_retries(
+        self, job: Job, request: RunRequest, run: Run, prepared: PreparedWorker | None = None
+    ) -> Execution:
         attempts = job.retries.count + 1
         for attempt in range(1, attempts + 1):
-            execution = self._execute(request, self.settings, progress=self._progress(run))
+            # the prepared worker serves the first attempt only; retries start cold
+            warm = {"prepared": prepared} if prepared is not None and attempt == 1 else {}
+            execution = self._execute(request, self.settings, progress=self._progress(run), **warm)
             if execution.status != "failed" or attempt == attempts or self.stopping.is_set():
                 return execution
             log.warning(
