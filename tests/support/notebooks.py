@@ -52,7 +52,12 @@ def write_notebook(
 
 
 def kernels_of_run(run_id: str) -> list:
-    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count)."""
+    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count).
+
+    A cold run's kernel has the run id in its environment; a prepared (warm) kernel was
+    started before its run, so it is found through its worker, whose folder names the run
+    that took it (``<runs>/.warm/<id>/run_id``).
+    """
     import psutil
 
     found = []
@@ -62,11 +67,24 @@ def kernels_of_run(run_id: str) -> list:
                 continue
             if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
                 continue
-            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
+            if proc.environ().get("NOTIFIER_RUN_ID") == run_id or _prepared_for(proc) == run_id:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def _prepared_for(kernel) -> str | None:
+    """The run that took the prepared worker this kernel belongs to (None: not prepared)."""
+    worker = kernel.parent()
+    command = worker.cmdline() if worker is not None else []
+    if "--prepare" not in command or command.index("--prepare") + 1 >= len(command):
+        return None
+    taken = Path(command[command.index("--prepare") + 1]).parent / "run_id"
+    try:
+        return taken.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 @dataclass
