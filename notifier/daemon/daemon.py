@@ -259,17 +259,19 @@ class Daemon:
         the first fire time beyond it."""
         if self.stopping.is_set():
             return [], None
+        # the next fire times first: APScheduler submits a slot before it moves the job's
+        # next fire time on, so a slot missing here is already in the pending list below
+        nexts = [
+            (job, scheduled.next_run_time)
+            for scheduled in self.scheduler.get_jobs()
+            if (job := self._jobs.get(scheduled.id)) is not None and job.enabled
+        ]
         with self._pending_lock:
             pending = list(self._pending)
         coming = [
             Coming(job, slot)
             for name, slot in pending
             if (job := self._jobs.get(name)) is not None and job.enabled
-        ]
-        nexts = [
-            (job, scheduled.next_run_time)
-            for scheduled in self.scheduler.get_jobs()
-            if (job := self._jobs.get(scheduled.id)) is not None and job.enabled
         ]
         upcoming, later = slots_within(nexts, lead, self.clock())
         seen = {(c.job.name, c.slot) for c in coming}
