@@ -153,6 +153,9 @@ class Settings:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     # NOTIFIER_WARM_LEAD: prepare each slot's worker and kernel this long before it; 0 = off
     warm_lead: float = DEFAULT_WARM_LEAD
+    # NOTIFIER_WARM_FORK_SERVER: fork prepared workers from one server that imported
+    # papermill and nbconvert once (less CPU in bursts); off: each worker imports them
+    warm_fork_server: bool = True
     # the outbound queue: how long a report keeps being retried, and the retry backoff
     delivery_lifetime: float = DEFAULT_DELIVERY_LIFETIME
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
@@ -421,6 +424,7 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "workers": _parse_int(values, "NOTIFIER_WORKERS", minimum=1) or DEFAULT_WORKERS,
         "shutdown_grace": _parse_float(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
         "warm_lead": _parse_duration(values, "NOTIFIER_WARM_LEAD", DEFAULT_WARM_LEAD, 0.0),
+        "warm_fork_server": _parse_bool(values, "NOTIFIER_WARM_FORK_SERVER", True),
         "transport": _parse_transport(values),
         "delivery_lifetime": _parse_duration(
             values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME, 1.0

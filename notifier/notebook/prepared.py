@@ -30,13 +30,19 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier.notebook.bundle import DEFAULT_RECIPIENTS_ENV, PARTS_DIR_ENV, RUN_ID_ENV
 from notifier.notebook.processes import kill_tree
 from notifier.settings import Settings, kernel_environment
 
+if TYPE_CHECKING:
+    from notifier.notebook.forkserver import ForkedProcess, ForkServer
+
 PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
+# in a prepared worker's (and so its kernel's) environment: its folder, where the run that
+# took it is named (``run_id``): how tools find the kernel of a run that started warm
+PREPARED_FOLDER_ENV = "NOTIFIER_PREPARED_FOLDER"
 WARM_FOLDER = ".warm"  # under the runs folder; no job folder can have this name
 CANNOT_PREPARE = 3  # the worker's exit status when its kernel could not be prepared
 DEFAULT_MAX_WAIT = 3600.0  # a prepared worker nobody uses exits by itself after this
@@ -84,7 +90,7 @@ class PreparedWorker:
     warm_imports: bool
     hidden_files: list[str]
     folder: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedProcess  # started with --prepare, or forked
     fingerprint: str = ""  # of the job it was prepared for (set by the pool)
     started: float = field(default_factory=time.monotonic)
     handed_over: bool = False
@@ -184,11 +190,14 @@ def start_prepared(
     warm_imports: bool = False,
     start_timeout: float = 60.0,
     max_wait: float = DEFAULT_MAX_WAIT,
+    server: ForkServer | None = None,
 ) -> PreparedWorker:
     """Start a worker for ``job_name``'s ``slot``; it prepares while this returns at once.
 
-    The calling thread must outlive the worker: Linux sends the worker SIGTERM when the
-    thread that started it ends (PR_SET_PDEATHSIG is per thread).
+    Forked by ``server`` when it runs (:mod:`notifier.notebook.forkserver`), else started
+    as ``python -m notifier.notebook.worker --prepare``. The calling thread must outlive
+    the worker: Linux sends the worker SIGTERM when the thread that started it ends
+    (PR_SET_PDEATHSIG is per thread).
     """
     notebook = Path(notebook).resolve()
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", job_name).strip("-.")[:40] or "job"
@@ -207,16 +216,25 @@ def start_prepared(
         "max_wait": max_wait,
     }
     (folder / "prepare.json").write_text(json.dumps(prepare, indent=2), encoding="utf-8")
-    with open(folder / "worker.log", "wb") as worker_log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "notifier.notebook.worker", "--prepare"]
-            + [str(folder / "prepare.json")],
-            env=worker_environment(folder / "tmp"),
-            stdin=subprocess.PIPE,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = worker_environment(folder / "tmp")
+    env[PREPARED_FOLDER_ENV] = str(folder)
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
+    if server is not None:
+        try:
+            proc = server.spawn(folder / "prepare.json", env, folder / "worker.log")
+        except OSError:
+            proc = None  # started the ordinary way below
+    if proc is None:
+        with open(folder / "worker.log", "ab") as worker_log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "notifier.notebook.worker", "--prepare"]
+                + [str(folder / "prepare.json")],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     return PreparedWorker(
         job_name=job_name,
         slot=slot,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from notifier.jobs import Job
-from notifier.notebook.prepared import PreparedWorker, start_prepared
+from notifier.notebook.forkserver import ForkServer
+from notifier.notebook.prepared import (
+    WARM_FOLDER,
+    PreparedWorker,
+    start_prepared,
+    worker_environment,
+)
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.warm")
@@ -63,14 +71,18 @@ class WarmPool:
         lead: float | None = None,
         limit: int | None = None,
         stale_after: float = 600.0,
+        concurrency: int | None = None,
+        use_fork_server: bool | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         """``coming(lead)`` returns the slots to prepare for, in the order they will run,
-        and the first fire time beyond ``lead`` (when to look again)."""
+        and the first fire time beyond ``lead`` (when to look again). At most
+        ``concurrency`` (default: the number of CPUs) workers prepare at the same time."""
         self.settings = settings
         self.lead = settings.warm_lead if lead is None else lead
         self.limit = settings.workers if limit is None else limit
         self.stale_after = stale_after
+        self.concurrency = max(1, concurrency or os.cpu_count() or 1)
         self.clock = clock
         self._coming = coming
         self._lock = threading.Condition()
@@ -82,6 +94,11 @@ class WarmPool:
         self._wake = False
         self._thread: threading.Thread | None = None
         self.prepared_count = 0  # workers started so far (for logs and benchmarks)
+        self.use_fork_server = (
+            settings.warm_fork_server if use_fork_server is None else use_fork_server
+        )
+        self.server: ForkServer | None = None
+        self._server_tried = -1e9  # monotonic time of the last start attempt
 
     # -- the daemon's side -----------------------------------------------------------------
     def start(self) -> None:
@@ -97,23 +114,42 @@ class WarmPool:
             self._lock.notify_all()
 
     def take(self, job: Job, slot: datetime) -> PreparedWorker | None:
-        """The worker prepared for ``(job, slot)``, now the caller's (None: run cold).
+        """The worker prepared for ``(job, slot)``, now the caller's; None: run cold.
 
         It must still run and fit the job as it is now (a reload may have changed it).
+        When none was prepared (the slot came too soon, or waited behind a full pool), one
+        is forked now when the fork server runs: it costs the run its kernel's start, not
+        the imports. Either way the pool prepares nothing more for this slot.
         """
+        fingerprint = job_fingerprint(job)
         with self._lock:
+            self._tried.add((job.name, slot, fingerprint))  # its run has begun
             worker = self._waiting.pop((job.name, slot), None)
-            if worker is None:
-                return None
-            if worker.alive and worker.fingerprint == job_fingerprint(job):
+            if worker is not None and worker.alive and worker.fingerprint == fingerprint:
                 self._busy.append(worker)
                 self._wake = True  # room for the next one
                 self._lock.notify_all()
                 return worker
-            self._closing.append((worker, time.monotonic() + CANCEL_GRACE))
-            self._lock.notify_all()
-        worker.cancel()
-        return None
+            if worker is not None:
+                log.debug(
+                    "%s: the worker prepared for slot %s is %s: not used",
+                    job.name,
+                    slot,
+                    "gone" if not worker.alive else "for the job as it was before a reload",
+                )
+                self._closing.append((worker, time.monotonic() + CANCEL_GRACE))
+            server = self.server
+        if worker is not None:
+            worker.cancel()
+        if server is None or not server.alive or self._stop:
+            return None
+        try:
+            fresh = self._start(Coming(job, slot), server)
+        except OSError:
+            return None
+        with self._lock:
+            self._busy.append(fresh)
+        return fresh
 
     def waiting(self) -> list[PreparedWorker]:
         """The prepared workers not taken yet (for tests and logs)."""
@@ -132,7 +168,32 @@ class WarmPool:
             self._shut_down_all(timeout)
 
     # -- the pool's thread -----------------------------------------------------------------
+    def _fork_server(self) -> ForkServer | None:
+        """The fork server, (re)started when needed (at most once a minute); None: without."""
+        if not self.use_fork_server:
+            return None
+        if self.server is not None and self.server.alive:
+            return self.server
+        if time.monotonic() - self._server_tried < 60:
+            return None
+        self._server_tried = time.monotonic()
+        if self.server is not None:
+            log.warning("warm starts: the fork server stopped; starting it again")
+            self.server.stop()
+        scratch = self.settings.runs_dir / WARM_FOLDER / "fork-server"
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+            server = ForkServer(worker_environment(scratch.resolve()))
+            server.start()
+        except OSError as error:
+            log.info("warm starts: workers are started one by one (no fork server: %s)", error)
+            self.server = None
+            return None
+        self.server = server
+        return server
+
     def _loop(self) -> None:
+        self._fork_server()  # from this thread, which outlives it (PDEATHSIG)
         while True:
             with self._lock:
                 if self._stop:
@@ -164,10 +225,19 @@ class WarmPool:
                     self._waiting.pop(key)
                     self._log_failure(worker)
                     worker.remove_folder()
-            self._tried = {t for t in self._tried if (t[0], t[1]) in wanted}
+            # a slot gets one worker (its run takes it, or it goes cold): remembered until
+            # the slot is long past
+            self._tried = {
+                t for t in self._tried if (now - t[1]).total_seconds() < self.stale_after
+            }
+            # preparing is CPU work: a few at a time, earliest slot first, so that the next
+            # slot's worker is ready soonest when many are due at once
+            preparing = sum(1 for w in self._waiting.values() if not w.ready and w.alive)
             starts = []
             for key, c in wanted.items():
                 if len(self._waiting) + len(starts) >= self.limit:
+                    break
+                if preparing + len(starts) >= self.concurrency:
                     break
                 tried = (key[0], key[1], job_fingerprint(c.job))
                 if key in self._waiting or tried in self._tried:
@@ -193,28 +263,38 @@ class WarmPool:
         return nap
 
     def _prepare(self, coming: Coming) -> None:
-        job = coming.job
         try:
-            worker = start_prepared(
-                self.settings,
-                job_name=job.name,
-                slot=coming.slot,
-                notebook=job.notebook,
-                kernel_name=job.kernel,
-                warm_imports=job.warm_imports,
-                start_timeout=min(60.0, job.timeout_seconds),
-                max_wait=self.lead + self.stale_after + 60,
-            )
+            worker = self._start(coming, self._fork_server())
         except OSError as error:
             log.warning(
-                "%s: could not prepare a worker for slot %s: %s", job.name, coming.slot, error
+                "%s: could not prepare a worker for slot %s: %s",
+                coming.job.name,
+                coming.slot,
+                error,
             )
             return
-        worker.fingerprint = job_fingerprint(job)
         self.prepared_count += 1
-        log.debug("%s: preparing a worker for slot %s (pid %d)", job.name, coming.slot, worker.pid)
+        log.debug(
+            "%s: preparing a worker for slot %s (pid %d)", coming.job.name, coming.slot, worker.pid
+        )
         with self._lock:
-            self._waiting[(job.name, coming.slot)] = worker
+            self._waiting[(coming.job.name, coming.slot)] = worker
+
+    def _start(self, coming: Coming, server: ForkServer | None) -> PreparedWorker:
+        job = coming.job
+        worker = start_prepared(
+            self.settings,
+            job_name=job.name,
+            slot=coming.slot,
+            notebook=job.notebook,
+            kernel_name=job.kernel,
+            warm_imports=job.warm_imports,
+            start_timeout=min(60.0, job.timeout_seconds),
+            max_wait=self.lead + self.stale_after + 60,
+            server=server,
+        )
+        worker.fingerprint = job_fingerprint(job)
+        return worker
 
     def _reap(self) -> None:
         """Forget finished busy workers; kill cancelled ones that overstay their grace."""
@@ -271,6 +351,10 @@ class WarmPool:
             if not busy or time.monotonic() > deadline + 15:
                 break
             time.sleep(0.1)
+        if self.server is not None:  # its workers are done (or would die with it)
+            self.server.stop()
+            self.server = None
+        shutil.rmtree(self.settings.runs_dir / WARM_FOLDER / "fork-server", ignore_errors=True)
 
 
 def slots_within(

@@ -57,17 +57,20 @@ jobs:
 """
 
 
-def prepared(project: Project) -> list[psutil.Process]:
-    """The daemon's prepared workers (and so their kernels' parents) that are alive."""
-    return [
-        p
-        for p in project.tagged_processes()
-        if "--prepare" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE
-    ]
-
-
 def kernels(project: Project) -> list[psutil.Process]:
     return [p for p in project.tagged_processes() if "ipykernel" in " ".join(p.cmdline())]
+
+
+def prepared(project: Project) -> list[psutil.Process]:
+    """Prepared kernels waiting for their run, and their workers."""
+    found = []
+    for kernel in kernels(project):
+        try:
+            if kernel.environ().get("NOTIFIER_PREPARED_FOLDER"):
+                found += [kernel, kernel.parent()]
+        except psutil.Error:
+            continue
+    return found
 
 
 def at(seconds: float) -> str:

@@ -17,7 +17,8 @@ from conftest import wait_until
 
 from notebooks import write_notebook
 from notifier.notebook.execute import RunRequest, execute
-from notifier.notebook.prepared import PreparedWorker, start_prepared
+from notifier.notebook.forkserver import ForkedProcess, ForkServer
+from notifier.notebook.prepared import PreparedWorker, start_prepared, worker_environment
 from notifier.notebook.warm import Coming, WarmPool
 from notifier.runs.path import adhoc_job
 from notifier.settings import parse_settings
@@ -42,20 +43,41 @@ def gone(pid: int | None) -> bool:
         return True
 
 
-@pytest.fixture
-def workers() -> Iterator[list[PreparedWorker]]:
-    """Prepared workers a test starts; killed at the end whatever happened."""
-    started: list[PreparedWorker] = []
+class Workers(list):
+    """Prepared workers a test starts, and the fork server that forks them (or None)."""
+
+    server: ForkServer | None = None
+
+
+@pytest.fixture(params=["started", "forked"])
+def workers(request, tmp_path) -> Iterator[Workers]:
+    """Prepared workers a test starts (``python -m notifier.notebook.worker --prepare``,
+    or forked by a fork server: every test holds for both); killed at the end."""
+    started = Workers()
+    if request.param == "forked":
+        scratch = tmp_path / "fork-server"
+        scratch.mkdir()
+        started.server = ForkServer(worker_environment(scratch))
+        started.server.start()
     yield started
     for worker in started:
         if worker.alive:
             worker.kill()
+    if started.server is not None:
+        started.server.stop()
 
 
-def prepare(settings, notebook: Path, workers: list, **options) -> PreparedWorker:
+def prepare(settings, notebook: Path, workers: Workers, **options) -> PreparedWorker:
     worker = start_prepared(
-        settings, job_name=options.pop("job_name", "job"), slot=SLOT, notebook=notebook, **options
+        settings,
+        job_name=options.pop("job_name", "job"),
+        slot=SLOT,
+        notebook=notebook,
+        server=workers.server,
+        **options,
     )
+    if workers.server is not None:
+        assert isinstance(worker.proc, ForkedProcess)  # not started the ordinary way
     workers.append(worker)
     wait_until(lambda: worker.ready or not worker.alive, 90, "the prepared kernel")
     return worker
@@ -266,20 +288,35 @@ def test_the_pool_prepares_at_most_limit_earliest_first_and_the_next_after_a_tak
     slots.set(*coming)
     pool.wake()
     waiting = wait_until(lambda: len(pool.waiting()) == 2 and pool.waiting(), 30, "two workers")
-    assert sorted(w.job_name for w in waiting) == ["job-0", "job-1"]
-    assert pool.take(jobs[2], coming[2].slot) is None  # not prepared: over the limit
+    assert sorted(w.job_name for w in waiting) == ["job-0", "job-1"]  # job-2: over the limit
 
     taken = pool.take(jobs[0], coming[0].slot)
-    assert taken is not None and taken.job_name == "job-0"
+    assert taken is not None and taken in waiting
     wait_until(
         lambda: sorted(w.job_name for w in pool.waiting()) == ["job-1", "job-2"],
         30,
         "the next slot's worker",
     )
-    assert pool.take(jobs[0], coming[0].slot) is None  # one worker serves one run
     taken.discard()
     # a job changed on reload does not take the worker prepared for its old self
     changed = adhoc_job(notebook, name="job-1", kernel="python3")
     leftover = next(w for w in pool.waiting() if w.job_name == "job-1")
-    assert pool.take(changed, coming[1].slot) is None
+    other = pool.take(changed, coming[1].slot)
+    assert other is not leftover
+    if other is not None:  # forked for the job as it is now
+        assert other.kernel_name == "python3"
+        other.discard()
     wait_until(lambda: not leftover.alive, 30, "the unfit worker to stop")
+
+
+def test_a_slot_with_no_prepared_worker_gets_one_forked_at_once(tmp_path, pool_for):
+    notebook = write_notebook(tmp_path / "nb.ipynb", "x = 1")
+    job = adhoc_job(notebook, name="late")
+    pool, _slots = pool_for(limit=1)
+    wait_until(lambda: pool.server is not None and pool.server.alive, 60, "the fork server")
+    worker = pool.take(job, datetime.now(UTC))  # nothing was prepared for it
+    assert worker is not None and pool.waiting() == []
+    execution = execute(RunRequest(notebook), settings_in(tmp_path), prepared=worker)
+    assert execution.status == "succeeded", execution.error
+    assert json.loads((execution.run_dir / "spec.json").read_text())["warm"] is True
+    assert worker.proc.returncode == 0

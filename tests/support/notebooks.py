@@ -56,7 +56,7 @@ def kernels_of_run(run_id: str) -> list:
 
     A cold run's kernel has the run id in its environment; a prepared (warm) kernel was
     started before its run, so it is found through its worker, whose folder names the run
-    that took it (``<runs>/.warm/<id>/run_id``).
+    that took it (``<runs>/.warm/<id>/run_id``; the folder is in the kernel's environment).
     """
     import psutil
 
@@ -76,13 +76,11 @@ def kernels_of_run(run_id: str) -> list:
 
 def _prepared_for(kernel) -> str | None:
     """The run that took the prepared worker this kernel belongs to (None: not prepared)."""
-    worker = kernel.parent()
-    command = worker.cmdline() if worker is not None else []
-    if "--prepare" not in command or command.index("--prepare") + 1 >= len(command):
+    folder = kernel.environ().get("NOTIFIER_PREPARED_FOLDER")
+    if not folder:
         return None
-    taken = Path(command[command.index("--prepare") + 1]).parent / "run_id"
     try:
-        return taken.read_text(encoding="utf-8")
+        return (Path(folder) / "run_id").read_text(encoding="utf-8")
     except OSError:
         return None
 
