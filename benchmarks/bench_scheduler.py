@@ -6,11 +6,17 @@
 2. `notifier schedule` with 100 jobs due far in the future: resident memory and
    CPU use over 20 s of idling (no busy polling);
 3. 20 jobs due at the same second: how late each run starts against its slot
-   (ledger started_at - slot), median and worst, with 20 and with 4 workers.
+   (ledger started_at - slot) and how late its notebook's first cell starts (papermill's
+   cell start time - slot), median and worst: with 20 workers, and with the default 4
+   workers cold (NOTIFIER_WARM_LEAD=0, before warm starts), warm (the default lead), and
+   warm with NOTIFIER_WARM_FORK_SERVER=0 (each prepared worker imports papermill itself).
+
+    python benchmarks/bench_scheduler.py [--only burst]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -80,7 +86,9 @@ def bench_load(folder: Path) -> None:
     )
 
 
-def daemon_env(folder: Path, workers: int) -> dict[str, str]:
+def daemon_env(
+    folder: Path, workers: int, warm_lead: str | None = None, fork_server: bool = True
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_")}
     env.update(
         {
@@ -91,14 +99,24 @@ def daemon_env(folder: Path, workers: int) -> dict[str, str]:
             "NOTIFIER_SHUTDOWN_GRACE": "60",
         }
     )
+    env.pop("NOTIFIER_WARM_LEAD", None)
+    if warm_lead is not None:
+        env["NOTIFIER_WARM_LEAD"] = warm_lead
+    env["NOTIFIER_WARM_FORK_SERVER"] = "1" if fork_server else "0"
     return env
 
 
-def start_daemon(folder: Path, jobs_path: Path, workers: int) -> subprocess.Popen[bytes]:
+def start_daemon(
+    folder: Path,
+    jobs_path: Path,
+    workers: int,
+    warm_lead: str | None = None,
+    fork_server: bool = True,
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "notifier", "schedule", str(jobs_path)],
+        [sys.executable, "-m", "notifier", "-v", "schedule", str(jobs_path), "--no-web"],
         cwd=folder,
-        env=daemon_env(folder, workers),
+        env=daemon_env(folder, workers, warm_lead, fork_server),
         stdout=subprocess.DEVNULL,
         stderr=open(folder / "daemon.log", "wb"),
     )
@@ -135,11 +153,23 @@ def bench_idle(folder: Path) -> None:
     )
 
 
-def bench_burst(folder: Path, workers: int) -> None:
+def first_cell_start(output: str | None) -> datetime | None:
+    """When the notebook's first code cell started (papermill's metadata), or None."""
+    if not output or not Path(output).is_file():
+        return None
+    cells = json.loads(Path(output).read_text(encoding="utf-8"))["cells"]
+    first = next(c for c in cells if c["cell_type"] == "code")
+    started = first["metadata"].get("papermill", {}).get("start_time")
+    return datetime.fromisoformat(started) if started else None
+
+
+def bench_burst(
+    folder: Path, workers: int, warm_lead: str | None, label: str, fork_server: bool = True
+) -> dict:
     due = (datetime.now(timezone.utc) + timedelta(seconds=12)).replace(microsecond=0)
     at = due.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     jobs_path = write_project(folder, [job(f"burst-{i}", f'{{at: "{at}"}}') for i in range(20)])
-    proc = start_daemon(folder, jobs_path, workers=workers)
+    proc = start_daemon(folder, jobs_path, workers, warm_lead, fork_server)
     ledger = None
     try:
         deadline = time.monotonic() + 240
@@ -155,23 +185,60 @@ def bench_burst(folder: Path, workers: int) -> None:
         if ledger:
             ledger.close()
     late = sorted((r.started_at - r.slot).total_seconds() for r in runs if r.started_at)
-    statuses = {r.status for r in runs}
-    print(
-        f"burst of 20 jobs due at one second, {workers} workers: start lateness median "
-        f"{statistics.median(late) * 1000:.0f} ms, worst {late[-1] * 1000:.0f} ms "
-        f"({len(late)} runs, statuses {sorted(statuses)})"
+    cells = sorted(
+        (started - r.slot).total_seconds()
+        for r in runs
+        if (started := first_cell_start(r.output_path)) is not None
     )
+    warm = sum(
+        json.loads((Path(r.output_path).parent / "spec.json").read_text()).get("warm", False)
+        for r in runs
+        if r.output_path
+    )
+    statuses = {r.status for r in runs}
+    figures = {
+        "start_median": statistics.median(late),
+        "start_worst": late[-1],
+        "cell_median": statistics.median(cells),
+        "cell_worst": cells[-1],
+    }
+    print(
+        f"burst of 20 jobs due at one second, {label}: run start lateness median "
+        f"{figures['start_median'] * 1000:.0f} ms, worst {figures['start_worst'] * 1000:.0f} ms; "
+        f"first cell median {figures['cell_median'] * 1000:.0f} ms, worst "
+        f"{figures['cell_worst'] * 1000:.0f} ms ({len(late)} runs, {warm} on prepared workers, "
+        f"statuses {sorted(statuses)})",
+        flush=True,
+    )
+    return figures
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["burst"], help="only the burst benchmarks")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        for name in ("load", "idle", "burst20", "burst4"):
+        for name in ("load", "idle", "burst20", "burst4-cold", "burst4-warm", "burst4-nofork"):
             (base / name).mkdir()
-        bench_load(base / "load")
-        bench_idle(base / "idle")
-        bench_burst(base / "burst20", workers=20)
-        bench_burst(base / "burst4", workers=4)
+        if not args.only:
+            bench_load(base / "load")
+            bench_idle(base / "idle")
+            bench_burst(base / "burst20", 20, "0", "20 workers, cold")
+        cold = bench_burst(base / "burst4-cold", 4, "0", "default 4 workers, cold (before)")
+        warm = bench_burst(base / "burst4-warm", 4, None, "default 4 workers, warm (after)")
+        bench_burst(
+            base / "burst4-nofork",
+            4,
+            None,
+            "default 4 workers, warm without the fork server",
+            fork_server=False,
+        )
+    for key, what in (("start", "run start"), ("cell", "first cell")):
+        print(
+            f"warm vs cold, {what} lateness: median {warm[key + '_median'] / cold[key + '_median']:.2f}x, "
+            f"worst {warm[key + '_worst'] / cold[key + '_worst']:.2f}x"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench_smtp.py",
     "bench_run.py",
     "bench_scheduler.py",
+    "bench_warm.py",
     "bench_web.py",
     "bench_nodes.py",
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from notifier.durations import DAY, MAX_DURATION, TIMEOUT, Limit
+from notifier.durations import DAY, HOUR, MAX_DURATION, TIMEOUT, Limit
 from notifier.errors import ConfigError
 
 SECURITY_MODES = ("ssl", "starttls", "none")
@@ -28,6 +28,8 @@ DEFAULT_RUN_TIMEOUT = 600.0  # a notebook run's wall-clock limit
 DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_WORKERS = 4
 DEFAULT_SHUTDOWN_GRACE = 30.0
+# warm starts: a slot's worker and kernel are prepared this many seconds before it (0: off)
+DEFAULT_WARM_LEAD = 5.0
 DEFAULT_DELIVERY_LIFETIME = 86400.0  # how long an email keeps being retried
 DEFAULT_RETRY_BACKOFF = 30.0
 DEFAULT_RETRY_BACKOFF_MAX = 900.0
@@ -151,6 +153,11 @@ class Settings:
     timezone: str = "UTC"
     workers: int = DEFAULT_WORKERS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # NOTIFIER_WARM_LEAD: prepare each slot's worker and kernel this long before it; 0 = off
+    warm_lead: float = DEFAULT_WARM_LEAD
+    # NOTIFIER_WARM_FORK_SERVER: fork prepared workers from one server that imported
+    # papermill and nbconvert once (less CPU in bursts); off: each worker imports them
+    warm_fork_server: bool = True
     # the outbound queue: how long a report keeps being retried, and the retry backoff
     delivery_lifetime: float = DEFAULT_DELIVERY_LIFETIME
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
@@ -288,6 +295,7 @@ _LIMITS: dict[str, tuple[Limit, str]] = {
     "NOTIFIER_RETRY_BACKOFF": (Limit(0.1, DAY), "30s"),
     "NOTIFIER_RETRY_BACKOFF_MAX": (Limit(0.1, DAY), "15m"),
     "NOTIFIER_LEASE_SECONDS": (Limit(2, DAY), "60"),
+    "NOTIFIER_WARM_LEAD": (Limit(0, HOUR), "5s"),  # 0: warm starts off
 }
 
 
@@ -449,6 +457,8 @@ def _general_fields(values: Mapping[str, str]) -> dict[str, object]:
         "timezone": timezone,
         "workers": _parse_int(values, "NOTIFIER_WORKERS") or DEFAULT_WORKERS,
         "shutdown_grace": _parse_seconds(values, "NOTIFIER_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+        "warm_lead": _parse_seconds(values, "NOTIFIER_WARM_LEAD", DEFAULT_WARM_LEAD),
+        "warm_fork_server": _parse_bool(values, "NOTIFIER_WARM_FORK_SERVER", True),
         "transport": _parse_transport(values),
         "delivery_lifetime": _parse_seconds(
             values, "NOTIFIER_DELIVERY_LIFETIME", DEFAULT_DELIVERY_LIFETIME

@@ -52,6 +52,8 @@ def test_every_variable_is_read() -> None:
             "NOTIFIER_TIMEZONE": "Europe/Berlin",
             "NOTIFIER_WORKERS": "2",
             "NOTIFIER_SHUTDOWN_GRACE": "5",
+            "NOTIFIER_WARM_LEAD": "10s",
+            "NOTIFIER_WARM_FORK_SERVER": "false",
         }
     )
     assert (settings.host, settings.port, settings.security) == (
@@ -72,6 +74,8 @@ def test_every_variable_is_read() -> None:
         2,
         5.0,
     )
+    assert (settings.warm_lead, settings.warm_fork_server) == (10.0, False)
+    assert parse_settings({}).warm_fork_server is True
 
 
 def test_smtp_pass_is_accepted_and_the_password_never_shows() -> None:

@@ -9,6 +9,9 @@
   one line per job says what was missed and what runs. Runs of a dead node (a crashed
   or stopped daemon on the same ledger) are taken over.
 - A bounded worker pool; one job never overlaps itself (``max_instances=1``).
+- Warm starts: each slot's worker and kernel are prepared ``NOTIFIER_WARM_LEAD`` seconds
+  before it (:mod:`notifier.notebook.warm`), and so are slots that fired but wait for a
+  free worker; a run takes the one prepared for its slot, else it starts cold.
 - The delivery service retries deferred mail in the background.
 - SIGTERM/SIGINT: no new runs; running ones get a grace period, then their
   kernels are killed, the runs are marked interrupted and handed over to any other
@@ -43,6 +46,7 @@ from notifier.errors import JobsFileError
 from notifier.jobs import Job, JobsFile, load_jobs
 from notifier.ledger import Ledger, LedgerError, Run
 from notifier.notebook.execute import terminate_active_workers
+from notifier.notebook.warm import Coming, WarmPool, slots_within
 from notifier.runs.path import RunPath, RunResult
 from notifier.runs.summary import closing_line
 from notifier.settings import Settings
@@ -88,12 +92,17 @@ class Daemon:
         self._file_state = self._stat()
         self.ledger = Ledger(settings.db_url, lease_seconds=settings.lease_seconds)
         self.ledger.nodes.configure(role="daemon", jobs_hash=self._file_hash())
+        # slots that fired and wait for a free worker, in the order they will run
+        self._pending: dict[tuple[str, datetime], None] = {}
+        self._pending_lock = threading.Lock()
+        self.warm = WarmPool(settings, self._coming) if settings.warm_lead > 0 else None
         self.runner = RunPath(
             settings,
             self.ledger,
             transports=transports,
             stopping=self.stopping,
             abort=self.hard_stop,
+            prepared=self.warm.take if self.warm else None,
         )
         self.delivery = DeliveryService(self.runner.deliverer)
         self._active = 0
@@ -103,7 +112,9 @@ class Daemon:
         self._run_slots = threading.BoundedSemaphore(settings.workers)
         self._job_locks: dict[str, threading.Lock] = {}
         self.scheduler = BackgroundScheduler(
-            executors={"default": SlotExecutor(max_workers=settings.workers)},
+            executors={
+                "default": SlotExecutor(max_workers=settings.workers, on_submit=self._submitted)
+            },
             timezone=timezone.utc,
         )
         self.scheduler.add_listener(self._on_overlap, EVENT_JOB_MAX_INSTANCES)
@@ -143,6 +154,8 @@ class Daemon:
             scheduled = self.scheduler.get_job(job.name)
             if scheduled is not None and scheduled.next_run_time is not None:
                 log.info("%s: next run %s", job.name, scheduled.next_run_time.astimezone(job.tz))
+        if self.warm is not None:
+            self.warm.start()
         self._watcher = threading.Thread(target=self._watch, name="jobs-watcher", daemon=True)
         self._watcher.start()
         self.delivery.start()
@@ -242,12 +255,54 @@ class Daemon:
     # -- firing --------------------------------------------------------------------------
     def fire(self, name: str, *, slot: datetime | None = None) -> None:
         """Run ``slot`` of the job ``name`` as the scheduler does when its time comes."""
-        if self.stopping.is_set() or slot is None:  # slot is always passed by SlotExecutor
+        if slot is None:  # always passed by SlotExecutor
             return
-        job = self._jobs.get(name)
-        if job is None or not job.enabled or self._too_late(job, slot):
+        try:
+            if self.stopping.is_set():
+                return
+            job = self._jobs.get(name)
+            if job is None or not job.enabled or self._too_late(job, slot):
+                return
+            self._run(job, slot, "schedule")
+        finally:
+            with self._pending_lock:
+                self._pending.pop((name, slot), None)
+            if self.warm is not None:
+                self.warm.wake()  # its prepared worker, if the run did not take it, goes
+
+    # -- warm starts ---------------------------------------------------------------------
+    def _submitted(self, name: str, slots: list[datetime]) -> None:
+        """APScheduler fired ``slots`` of ``name``: they may wait for a free worker."""
+        if self.warm is None:
             return
-        self._run(job, slot, "schedule")
+        with self._pending_lock:
+            for slot in slots:
+                self._pending[(name, slot)] = None
+        self.warm.wake()
+
+    def _coming(self, lead: float) -> tuple[list[Coming], datetime | None]:
+        """The slots to prepare workers for, in the order they will run: those that fired
+        and wait for a worker, then each job's next fire time within ``lead`` seconds; and
+        the first fire time beyond it."""
+        if self.stopping.is_set():
+            return [], None
+        # the next fire times first: APScheduler submits a slot before it moves the job's
+        # next fire time on, so a slot missing here is already in the pending list below
+        nexts = [
+            (job, scheduled.next_run_time)
+            for scheduled in self.scheduler.get_jobs()
+            if (job := self._jobs.get(scheduled.id)) is not None and job.enabled
+        ]
+        with self._pending_lock:
+            pending = list(self._pending)
+        coming = [
+            Coming(job, slot)
+            for name, slot in pending
+            if (job := self._jobs.get(name)) is not None and job.enabled
+        ]
+        upcoming, later = slots_within(nexts, lead, self.clock())
+        seen = {(c.job.name, c.slot) for c in coming}
+        return coming + [c for c in upcoming if (c.job.name, c.slot) not in seen], later
 
     def _too_late(self, job: Job, slot: datetime) -> bool:
         """Apply the misfire policy to a slot about to start (logs why it does not)."""
@@ -392,6 +447,8 @@ class Daemon:
                 self.scheduler.remove_job(name)
             log.info("%s: %s", name, "updated" if name in self._jobs else "added")
         self._jobs, self._fingerprints, self.jobs_file = new, prints, jobs_file
+        if self.warm is not None:
+            self.warm.wake()  # workers prepared for removed or changed jobs go
         try:
             self.ledger.nodes.configure(jobs_hash=self._file_hash())
         except Exception as error:  # only shown by `notifier nodes`
@@ -422,6 +479,8 @@ class Daemon:
             self.settings.shutdown_grace,
         )
         self.scheduler.shutdown(wait=False)
+        if self.warm is not None:
+            self.warm.wake()  # nothing is coming any more: waiting workers are shut down
         self.delivery.request_stop()
         deadline = time.monotonic() + self.settings.shutdown_grace
         with self._active_lock:
@@ -439,6 +498,8 @@ class Daemon:
         if not self.delivery.stop(timeout=max(0.0, deadline - time.monotonic())):
             self.hard_stop.set()  # mail not sent yet stays queued for the next daemon
             self.delivery.stop(timeout=15)
+        if self.warm is not None:  # after the runs: their workers are the pool thread's children
+            self.warm.close(timeout=15)
         try:
             for run in self.ledger.mark_interrupted_mine():
                 log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -12,8 +13,20 @@ class SlotExecutor(ThreadPoolExecutor):
     """APScheduler's thread pool, but the job function receives its scheduled time.
 
     APScheduler 3 calls job functions without the run time they were scheduled
-    for; the slot is the ledger's key, so it is passed as ``slot=``.
+    for; the slot is the ledger's key, so it is passed as ``slot=``. ``on_submit(job id,
+    slots)`` is told of every submission, before the slots wait for a free thread (the
+    daemon prepares their workers meanwhile).
     """
+
+    def __init__(
+        self,
+        max_workers: int = 10,
+        *,
+        on_submit: Callable[[str, list[datetime]], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(max_workers, **kwargs)
+        self.on_submit = on_submit
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         def run() -> list[Any]:
@@ -31,6 +44,8 @@ class SlotExecutor(ThreadPoolExecutor):
             else:
                 self._run_job_success(job.id, [])
 
+        if self.on_submit is not None:
+            self.on_submit(job.id, list(run_times))
         self._pool.submit(run).add_done_callback(done)
 
     def shutdown(self, wait: bool = True) -> None:

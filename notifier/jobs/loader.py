@@ -181,6 +181,7 @@ def _resolve(
         kernel=_pick(model, defaults, "kernel", None),
         hide_code=_pick(model, defaults, "hide_code", False),
         attach_output=_attach_output(_pick(model, defaults, "attach_output", None)),
+        warm_imports=_pick(model, defaults, "warm_imports", False),
         line=line,
     )
 

@@ -70,6 +70,8 @@ class Job:
     kernel: str | None = None  # None: the notebook's kernel (or this environment's Python)
     hide_code: bool = False  # archived output (and attach_output) without code
     attach_output: str | None = None  # "html" or "pdf": the rendered output on every email
+    # warm starts: also import the modules of the notebook's first code cell beforehand
+    warm_imports: bool = False
     line: int = 1  # where the job starts in the jobs file
 
     def __hash__(self) -> int:

@@ -57,6 +57,7 @@ FORMS = {
     "grace": DURATION_FORM,
     "kernel": "the name of an installed Jupyter kernel, like python3 (jupyter kernelspec list)",
     "hide_code": "true or false",
+    "warm_imports": "true or false (import the first code cell's modules before the slot)",
     "attach_output": "html, pdf or none",
 }
 
@@ -297,6 +298,7 @@ class DefaultsModel(_Model):
     kernel: KernelName | None = None
     hide_code: bool | None = None
     attach_output: OutputFormat | None = None
+    warm_imports: bool | None = None
 
 
 class JobModel(DefaultsModel):

@@ -5,7 +5,9 @@ emails, retries and alerts are the run path's (:mod:`notifier.runs.path`), share
 scheduled slots, ``notifier run JOB`` and ``notifier run NOTEBOOK``.
 
 The notebook runs in a worker process (``notifier.notebook.worker``) started without SMTP
-credentials and killed with its whole process tree at the wall-clock timeout.
+credentials and killed with its whole process tree at the wall-clock timeout: a new one
+(a cold start), or one the daemon prepared before the slot (``prepared=``, a warm start,
+:mod:`notifier.notebook.prepared`), which is handed the run and supervised the same way.
 
 Layout of a run folder: ``runs/<job>/<YYYYmmddTHHMMSS>-<run id>/`` with
 ``output.ipynb``, ``output.html``, ``parts/`` (charts and attachments the emails
@@ -17,12 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -41,11 +41,18 @@ from notifier.notebook.bundle import (
 )
 from notifier.notebook.cell_errors import error_summary
 from notifier.notebook.params import check_parameters
+from notifier.notebook.prepared import (
+    CANNOT_PREPARE,
+    PARENT_PID_ENV,
+    PreparedWorker,
+    secret_files,
+    worker_environment,
+)
 from notifier.notebook.processes import kill_tree
 from notifier.notebook.progress import ProgressCallback, ProgressReader
-from notifier.settings import DEFAULT_RUN_TIMEOUT, Settings, kernel_environment
+from notifier.settings import DEFAULT_RUN_TIMEOUT, Settings
 
-PARENT_PID_ENV = "NOTIFIER_PARENT_PID"
+__all__ = ["PARENT_PID_ENV", "Execution", "RunRequest", "execute", "terminate_active_workers"]
 
 log = logging.getLogger("notifier.notebook")
 
@@ -137,19 +144,6 @@ def run_folder(runs_dir: Path, job_name: str, run_id: str, when: datetime) -> Pa
     raise RunError(f"Too many attempts in {base.parent}.", "remove old run folders")
 
 
-def _secret_files(notebook: Path, settings: Settings) -> list[Path]:
-    """The ``.env`` files (where SMTP_PASSWORD lives), which no notebook needs to read: the
-    one the settings were read from, the notebook's project's and the current folder's."""
-    from notifier.project import project_root
-
-    candidates = {
-        *settings.env_files,
-        project_root(notebook.parent) / ".env",
-        Path.cwd() / ".env",
-    }
-    return sorted(path.resolve() for path in candidates if path.is_file())
-
-
 def _parameter_strings(value: Any) -> list[str]:
     """Every key and leaf value as text (json.dumps would escape quotes and non-ASCII)."""
     if isinstance(value, dict):
@@ -175,20 +169,37 @@ def refuse_secret_parameters(parameters: dict[str, Any], secrets: list[str]) -> 
 
 
 def execute(
-    request: RunRequest, settings: Settings, *, progress: ProgressCallback | None = None
+    request: RunRequest,
+    settings: Settings,
+    *,
+    progress: ProgressCallback | None = None,
+    prepared: PreparedWorker | None = None,
 ) -> Execution:
     """Run the notebook in a worker process and read back what it declared.
 
     Raises RunError before starting for a missing notebook or an undeclared parameter.
     Everything that goes wrong after the start is an Execution with status 'failed'.
     ``progress`` is called with the worker's progress record (cell i of n) as it changes.
+    ``prepared``: a worker started for this run before its slot (a warm start); used when
+    it fits (same notebook, kernel and hidden files), else shut down and the run starts
+    cold; either way it is never used again.
     """
-    notebook = Path(request.notebook).resolve()
-    check_parameters(notebook, request.parameters)
-    refuse_secret_parameters(request.parameters, settings.secrets())
-    run_id = request.run_id or new_run_id()
-    scheduled_for = request.scheduled_for or datetime.now(timezone.utc)
-    run_dir = run_folder(settings.runs_dir, request.name, run_id, scheduled_for).resolve()
+    try:
+        notebook = Path(request.notebook).resolve()
+        check_parameters(notebook, request.parameters)
+        refuse_secret_parameters(request.parameters, settings.secrets())
+        run_id = request.run_id or new_run_id()
+        scheduled_for = request.scheduled_for or datetime.now(timezone.utc)
+        run_dir = run_folder(settings.runs_dir, request.name, run_id, scheduled_for).resolve()
+    except BaseException:
+        if prepared is not None:
+            prepared.discard()
+        raise
+    hidden = secret_files(notebook, settings)
+    if prepared is not None and not prepared.fits(notebook, request.kernel_name, hidden):
+        log.info("%s: the prepared worker does not fit this run: starting cold", request.name)
+        prepared.discard()
+        prepared = None
     parameters = {
         **request.parameters,
         "run_id": run_id,
@@ -202,39 +213,30 @@ def execute(
         "parameters": parameters,
         "cwd": str(notebook.parent),
         # the kernel cannot read these (Linux Landlock; see notifier.notebook.sandbox)
-        "hidden_files": [str(path) for path in _secret_files(notebook, settings)],
+        "hidden_files": [str(path) for path in hidden],
         "kernel_name": request.kernel_name,
         "hide_code": request.hide_code,
         "cell_timeout": request.cell_timeout,
         "start_timeout": min(60.0, request.timeout),
+        "warm": prepared is not None,
     }
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    scratch = run_dir / "tmp"
-    scratch.mkdir(exist_ok=True)
-    env = kernel_environment()
-    env.update(
-        {
-            FROM_ENV: settings.from_address,  # the preview's From: the kernel never reads .env
-            PARTS_DIR_ENV: str(run_dir / "parts"),
-            RUN_ID_ENV: run_id,
-            # the preview shows the real recipients of emails that name none
-            **default_recipients_environment(request.to, request.cc, request.bcc),
-            # the worker exits when this process dies (also when this process is PID 1)
-            PARENT_PID_ENV: str(os.getpid()),
-            # temporary and runtime files (the kernel's connection file) in the run folder,
-            # which the kernel can read whatever the sandbox hides elsewhere
-            "TMPDIR": str(scratch),
-            "JUPYTER_RUNTIME_DIR": str(scratch),
-            "NOTIFIER_SOCKET_DIR": tempfile.gettempdir(),  # kernel sockets: a short path
-            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-            "JUPYTER_PLATFORM_DIRS": "1",
-            "MPLBACKEND": env.get("MPLBACKEND", "Agg"),
-        }
-    )
+    # what the kernel reads from its environment during the run (never a secret)
+    run_environment = {
+        FROM_ENV: settings.from_address,  # the preview's From: the kernel never reads .env
+        PARTS_DIR_ENV: str(run_dir / "parts"),
+        RUN_ID_ENV: run_id,
+        # the preview shows the real recipients of emails that name none
+        **default_recipients_environment(request.to, request.cc, request.bcc),
+    }
     log.debug("run %s of %s started (%s)", run_id, request.name, notebook.name)
     started = time.perf_counter()
-    timed_out = _run_worker(run_dir, env, request.timeout, progress)
-    shutil.rmtree(scratch, ignore_errors=True)
+    timed_out = None
+    if prepared is not None:
+        timed_out = _run_prepared(prepared, spec, run_environment, request.timeout, progress)
+    if timed_out is None:  # cold, or the prepared worker could not take the run
+        left = request.timeout - (time.perf_counter() - started)
+        timed_out = _run_cold(run_dir, run_environment, max(left, 1.0), progress)
     execution = Execution(request, run_id, run_dir, "failed")
     execution.duration = time.perf_counter() - started
     _finish_execution(execution, settings, timed_out)
@@ -247,6 +249,52 @@ def execute(
         f" ({execution.error})" if execution.error else "",
     )
     return execution
+
+
+def _run_cold(
+    run_dir: Path,
+    run_environment: dict[str, str],
+    timeout: float,
+    progress: ProgressCallback | None,
+) -> bool:
+    """A new worker for the run (a cold start); True when it timed out."""
+    scratch = run_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**worker_environment(scratch), **run_environment}
+    try:
+        return _run_worker(run_dir, env, timeout, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_prepared(
+    prepared: PreparedWorker,
+    spec: dict[str, Any],
+    run_environment: dict[str, str],
+    timeout: float,
+    progress: ProgressCallback | None,
+) -> bool | None:
+    """Hand the run to a prepared worker and supervise it as a cold one; True when it
+    timed out, None when it could not take the run (it died, or could not prepare)."""
+    run_dir = Path(spec["result"]).parent
+    if not prepared.alive:  # it could not prepare (or was killed): nothing of the run ran yet
+        prepared.copy_log(run_dir / "worker.log")
+        prepared.remove_folder()
+        log.warning("the prepared worker for run %s is gone: starting cold", run_dir.name)
+        return None
+    try:
+        prepared.hand_over({**spec, "environment": run_environment}, spec["parameters"]["run_id"])
+    except OSError:
+        pass  # it exited meanwhile: its exit status says why
+    try:
+        timed_out = _supervise(prepared.proc, run_dir, timeout, progress)
+    finally:
+        prepared.copy_log(run_dir / "worker.log")
+        prepared.remove_folder()
+    if prepared.proc.returncode == CANNOT_PREPARE and not (run_dir / "result.json").is_file():
+        log.warning("the prepared worker could not take run %s: starting cold", run_dir.name)
+        return None
+    return timed_out
 
 
 _active_workers: dict[int, subprocess.Popen[bytes]] = {}
@@ -291,7 +339,7 @@ def _run_worker(
     run_dir: Path, env: dict[str, str], timeout: float, progress: ProgressCallback | None = None
 ) -> bool:
     """Start the worker and wait; on timeout kill its tree. True when it timed out."""
-    with open(run_dir / "worker.log", "wb") as worker_log:
+    with open(run_dir / "worker.log", "ab") as worker_log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "notifier.notebook.worker", str(run_dir / "spec.json")],
             env=env,
@@ -300,22 +348,32 @@ def _run_worker(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return _supervise(proc, run_dir, timeout, progress)
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    run_dir: Path,
+    timeout: float,
+    progress: ProgressCallback | None = None,
+) -> bool:
+    """Wait for a worker that has its run; on timeout kill its tree. True when it timed out."""
+    with _active_lock:
+        _active_workers[proc.pid] = proc
+    try:
+        _wait(proc, run_dir, timeout, progress)
+        return False
+    except subprocess.TimeoutExpired:
+        killed = kill_tree(proc.pid)
+        proc.wait()
+        log.warning("run timed out after %.0fs; killed processes %s", timeout, killed)
+        return True
+    except BaseException:
+        kill_tree(proc.pid)
+        raise
+    finally:
         with _active_lock:
-            _active_workers[proc.pid] = proc
-        try:
-            _wait(proc, run_dir, timeout, progress)
-            return False
-        except subprocess.TimeoutExpired:
-            killed = kill_tree(proc.pid)
-            proc.wait()
-            log.warning("run timed out after %.0fs; killed processes %s", timeout, killed)
-            return True
-        except BaseException:
-            kill_tree(proc.pid)
-            raise
-        finally:
-            with _active_lock:
-                _active_workers.pop(proc.pid, None)
+            _active_workers.pop(proc.pid, None)
 
 
 def _finish_execution(execution: Execution, settings: Settings, timed_out: bool) -> None:

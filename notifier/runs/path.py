@@ -7,7 +7,8 @@ Scheduled slots, ``notifier run JOB``, ``notifier run NOTEBOOK`` and the dashboa
    request), so a slot never runs twice; an ad-hoc notebook run is a manual run of a job
    named after the notebook;
 2. **execute** the notebook in a worker process (:mod:`notifier.notebook.execute`), with the job's
-   ``retries`` for a failing notebook;
+   ``retries`` for a failing notebook; a scheduled slot takes the worker the daemon
+   prepared for it (a warm start, ``prepared=``), when there is one;
 3. **plan** every email it declared (an invalid one fails the run with the real cause)
    and apply the alert rules (cooldown, recovery);
 4. **queue** them, one row per (email, recipient), keyed by content, in one transaction
@@ -53,6 +54,7 @@ from notifier.ledger.queue import NewMessage
 from notifier.ledger.retry import Patience
 from notifier.mail.model import Email
 from notifier.notebook.execute import Execution, RunRequest, execute, refuse_secret_parameters
+from notifier.notebook.prepared import PreparedWorker
 from notifier.runs import alerts
 from notifier.runs import files as run_files
 from notifier.runs.retention import apply_retention
@@ -117,6 +119,7 @@ class RunPath:
         abort: threading.Event | None = None,
         executor: Callable[..., Execution] = execute,  # (request, settings, *, progress)
         on_outcome: OutcomeCallback | None = None,
+        prepared: Callable[[Job, datetime], PreparedWorker | None] | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -136,6 +139,8 @@ class RunPath:
         # lock, so release_orphans() never mistakes a fresh claim for an orphan
         self.active: set[str] = set()
         self._claims = threading.Lock()
+        # the warm pool's take(job, slot): the worker prepared for a scheduled slot
+        self._prepared = prepared
 
     # ------------------------------------------------------------------ claims
 
@@ -158,7 +163,12 @@ class RunPath:
     def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> RunResult | None:
         """Claim and run ``(job, slot)``; None when another run already has the slot, or
         the job is paused (``notifier pause``: every node obeys)."""
+        prepared = None  # the worker prepared for this slot: used, or shut down at once
+        if trigger == "schedule" and self._prepared is not None:
+            prepared = self._prepared(job, slot)
         if self.paused(job, slot):
+            if prepared is not None:
+                prepared.discard()
             return None
         with self._claims:
             # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden;
@@ -177,8 +187,10 @@ class RunPath:
                 self.active.add(run.run_id)
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
+            if prepared is not None:
+                prepared.discard()
             return None
-        return self.execute_claimed(job, run)
+        return self.execute_claimed(job, run, prepared=prepared)
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> RunResult | None:
         """Take over an interrupted run of the same slot (None when another process did, or
@@ -230,13 +242,21 @@ class RunPath:
 
     # ------------------------------------------------------------- one run
 
-    def execute_claimed(self, job: Job, run: Run, *, dry_run: bool = False) -> RunResult:
-        """Run a slot this node holds, to the end of its first delivery pass."""
+    def execute_claimed(
+        self,
+        job: Job,
+        run: Run,
+        *,
+        dry_run: bool = False,
+        prepared: PreparedWorker | None = None,
+    ) -> RunResult:
+        """Run a slot this node holds, to the end of its first delivery pass (on the worker
+        ``prepared`` for it, when given: used once, or shut down if the run never starts)."""
         result = RunResult(run, None)
         kind = "outbox" if dry_run or self.settings.uses_outbox else "default"
         self.active.add(run.run_id)
         try:
-            self._execute_claimed(job, run, kind, result)
+            self._execute_claimed(job, run, kind, result, prepared)
         except Fenced as fenced:
             log.warning("%s: %s; this node stops without delivering", job.name, fenced)
             result.fenced = True
@@ -267,6 +287,8 @@ class RunPath:
             raise
         finally:
             self.active.discard(run.run_id)
+            if prepared is not None and not prepared.handed_over:  # the run never started
+                prepared.discard()
         try:
             stored = self.ledger.get(run.run_id)
         except LedgerError:
@@ -314,7 +336,14 @@ class RunPath:
             f"recording run {run.run_id} of {run.job} as {status}",
         )
 
-    def _execute_claimed(self, job: Job, run: Run, kind: str, result: RunResult) -> None:
+    def _execute_claimed(
+        self,
+        job: Job,
+        run: Run,
+        kind: str,
+        result: RunResult,
+        prepared: PreparedWorker | None = None,
+    ) -> None:
         started = self._ledger(
             lambda: self.ledger.mark_running(run.run_id, run.attempt),
             f"starting run {run.run_id} of {job.name}",
@@ -323,7 +352,7 @@ class RunPath:
         if not started:
             raise Fenced(f"run {run.run_id} was taken over before it started")
         try:
-            execution = self._execute_with_retries(job, request_for(job, run), run)
+            execution = self._execute_with_retries(job, request_for(job, run), run, prepared)
         except NotifierError as error:  # missing notebook, undeclared parameter, runs folder
             if self._finish(run, "failed", error=error.message):
                 self._notice_not_started(job, run, error.message, error.fix, kind)
@@ -361,10 +390,14 @@ class RunPath:
         """Where the worker's progress goes: the run's row, shown live by the dashboard."""
         return lambda progress: self.ledger.set_progress(run.run_id, progress)
 
-    def _execute_with_retries(self, job: Job, request: RunRequest, run: Run) -> Execution:
+    def _execute_with_retries(
+        self, job: Job, request: RunRequest, run: Run, prepared: PreparedWorker | None = None
+    ) -> Execution:
         attempts = job.retries.count + 1
         for attempt in range(1, attempts + 1):
-            execution = self._execute(request, self.settings, progress=self._progress(run))
+            # the prepared worker serves the first attempt only; retries start cold
+            warm = {"prepared": prepared} if prepared is not None and attempt == 1 else {}
+            execution = self._execute(request, self.settings, progress=self._progress(run), **warm)
             if execution.status != "failed" or attempt == attempts or self.stopping.is_set():
                 return execution
             log.warning(

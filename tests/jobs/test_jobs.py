@@ -216,6 +216,7 @@ def test_builtin_defaults(project):
     assert job.keep_runs_seconds is None
     assert job.notify_recovery is False
     assert (job.kernel, job.hide_code, job.attach_output) == (None, False, None)
+    assert job.warm_imports is False
 
 
 def test_kernel_hide_code_and_attach_output(project):
@@ -225,6 +226,7 @@ def test_kernel_hide_code_and_attach_output(project):
         defaults:
           hide_code: true
           attach_output: pdf
+          warm_imports: true
         jobs:
           - name: a
             notebook: notebooks/sales.ipynb
@@ -235,6 +237,7 @@ def test_kernel_hide_code_and_attach_output(project):
             schedule: "@daily"
             hide_code: false
             attach_output: none
+            warm_imports: false
           - name: c
             notebook: notebooks/sales.ipynb
             schedule: "@daily"
@@ -245,6 +248,7 @@ def test_kernel_hide_code_and_attach_output(project):
     assert (a.kernel, a.hide_code, a.attach_output) == ("python3", True, "pdf")
     assert (b.kernel, b.hide_code, b.attach_output) == (None, False, None)
     assert (c.hide_code, c.attach_output) == (True, "html")
+    assert (a.warm_imports, b.warm_imports, c.warm_imports) == (True, False, True)
 
 
 def test_timezone_precedence(project):

@@ -52,7 +52,12 @@ def write_notebook(
 
 
 def kernels_of_run(run_id: str) -> list:
-    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count)."""
+    """Live ipykernel_launcher processes started for ``run_id`` (zombies do not count).
+
+    A cold run's kernel has the run id in its environment; a prepared (warm) kernel was
+    started before its run, so it is found through its worker, whose folder names the run
+    that took it (``<runs>/.warm/<id>/run_id``; the folder is in the kernel's environment).
+    """
     import psutil
 
     found = []
@@ -62,11 +67,22 @@ def kernels_of_run(run_id: str) -> list:
                 continue
             if not any("ipykernel_launcher" in part for part in proc.info["cmdline"] or []):
                 continue
-            if proc.environ().get("NOTIFIER_RUN_ID") == run_id:
+            if proc.environ().get("NOTIFIER_RUN_ID") == run_id or _prepared_for(proc) == run_id:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def _prepared_for(kernel) -> str | None:
+    """The run that took the prepared worker this kernel belongs to (None: not prepared)."""
+    folder = kernel.environ().get("NOTIFIER_PREPARED_FOLDER")
+    if not folder:
+        return None
+    try:
+        return (Path(folder) / "run_id").read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 @dataclass
