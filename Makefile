@@ -19,14 +19,15 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/notifier schedule jobs.yaml
 
-## make test: lint + the whole test suite (what CI runs)
+## make test: lint + the whole test suite (what CI runs), in TEST_PROCESSES pytest processes
+TEST_PROCESSES ?= 2
 test: setup test-tools lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES)
 
 ## make test-fast: the inner loop: lint + everything but the slow real-process tests
 ## (daemons killed and restarted, mail outages, two-node takeovers, PDF printing)
 test-fast: setup lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) -m "not slow"
 
 ## The PDF tests print with Chromium and read the PDF back with poppler-utils; the dashboard's
 ## browser tests drive Chromium through chromium-driver (Selenium); the ledger and daemon tests

@@ -107,9 +107,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _LEFT_OUT = pytest.StashKey[str]()
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that runs pytest-xdist's workers (not in a worker)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """The one line that says PostgreSQL cases were left out, and why."""
     note = config.stash.get(_LEFT_OUT, None)
+    if note is None and _xdist_controller(config) and os.environ.get("CI") != "true":
+        # under pytest-xdist the workers collect (and leave the cases out): say it here
+        why = server_unavailable()
+        note = f"PostgreSQL test cases not run: {why}" if why else None
     if note:
         terminalreporter.write_line(f"note: {note}", yellow=True)
 
