@@ -215,13 +215,25 @@ def run_form(request: Request) -> Response:
 
 
 def start_run(dashboard: Dashboard, job: Job, dry_run: bool) -> str:
-    """Claim a manual run (so its page exists at once), execute it in the background."""
+    """Claim a manual run (so its page exists at once), execute it in the background, at
+    most ``NOTIFIER_WORKERS`` at once (a run waiting for its turn shows as claimed)."""
     runner = dashboard.runner()
     run = runner.claim_now(job)
 
     def execute() -> None:
         try:
-            runner.execute_claimed(job, run, dry_run=dry_run)
+            if not dashboard.run_now_slots.acquire(blocking=False):
+                log.info(
+                    "%s: run %s waits for one of the %d Run now workers",
+                    job.name,
+                    run.run_id,
+                    dashboard.settings.workers,
+                )
+                dashboard.run_now_slots.acquire()
+            try:
+                runner.execute_claimed(job, run, dry_run=dry_run)
+            finally:
+                dashboard.run_now_slots.release()
         except BaseException:  # execute_claimed records every failure in the ledger itself
             log.exception("%s: Run now of run %s crashed", job.name, run.run_id)
 

@@ -93,6 +93,8 @@ class Dashboard:
         self._runner = runner
         self._lock = threading.Lock()
         self.started = threading.Event()  # set by tests and embedders once serving
+        # Run now executes at most NOTIFIER_WORKERS notebooks at once; more clicks wait
+        self.run_now_slots = threading.BoundedSemaphore(settings.workers)
 
     # ----------------------------------------------------------------- jobs
 

@@ -241,6 +241,23 @@ def test_run_now_with_a_parameter_and_dry_run(project: Project, serve: ServeFact
     assert "Threshold 7 demo" in web.client.get(f"/runs/{run_id}").text
 
 
+def test_run_now_runs_at_most_the_worker_count_at_once(
+    project: Project, serve: ServeFactory
+) -> None:
+    web = serve(project, settings=project.settings.with_overrides(workers=1))
+    run_ids = []
+    for _ in range(2):
+        done = web.client.post("/jobs/report/run", data={"csrf": web.csrf(), "dry_run": "1"})
+        assert done.status_code == 303
+        run_ids.append(done.headers["location"].rsplit("/", 1)[1])
+    first, second = (
+        wait_until(lambda r=r: _finished(project, r), 120, "the runs to finish") for r in run_ids
+    )
+    assert first.status == second.status == "succeeded"
+    earlier, later = sorted((first, second), key=lambda run: run.started_at)
+    assert later.started_at >= earlier.finished_at  # one worker: one notebook at a time
+
+
 def test_run_now_refuses_what_notifier_run_p_refuses(project: Project, serve: ServeFactory) -> None:
     web = serve(project)
     before = web.client.get("/api/runs").json()["total"]
