@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from notifier.notebook.bundle import DEFAULT_RECIPIENTS_ENV, PARTS_DIR_ENV, RUN_ID_ENV
 from notifier.notebook.processes import kill_tree
+from notifier.notebook.sandbox import folders_state
 from notifier.settings import Settings, kernel_environment
 
 if TYPE_CHECKING:
@@ -59,6 +60,13 @@ def secret_files(notebook: Path, settings: Settings) -> list[Path]:
         Path.cwd() / ".env",
     }
     return sorted(path.resolve() for path in candidates if path.is_file())
+
+
+def _project(notebook: Path) -> Path:
+    """The notebook's project folder: where its data files are likely to change."""
+    from notifier.project import project_root
+
+    return project_root(notebook.parent)
 
 
 def worker_environment(scratch: Path) -> dict[str, str]:
@@ -97,6 +105,8 @@ class PreparedWorker:
     folder: Path
     proc: subprocess.Popen[bytes] | ForkedProcess  # started with --prepare, or forked
     fingerprint: str = ""  # of the job it was prepared for (set by the pool)
+    # the folders on the way to the hidden files, as they were when it was sandboxed
+    folders: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     handed_over: bool = False
 
@@ -124,11 +134,14 @@ class PreparedWorker:
             return None
 
     def fits(self, notebook: Path, kernel_name: str | None, hidden: list[Path]) -> bool:
-        """Was it prepared for this notebook, kernel choice and sandbox?"""
+        """Was it prepared for this notebook, kernel choice and sandbox, and can it read
+        what a cold run could (no file came or went next to a hidden one since)?"""
+        notebook = Path(notebook).resolve()
         return (
-            self.notebook == Path(notebook).resolve()
+            self.notebook == notebook
             and self.kernel_name == kernel_name
             and self.hidden_files == [str(path) for path in hidden]
+            and self.folders == folders_state(self.hidden_files, _project(notebook))
         )
 
     def hand_over(self, spec: dict[str, Any], run_id: str) -> None:
@@ -209,6 +222,7 @@ def start_prepared(
     folder = (settings.runs_dir / WARM_FOLDER / f"{name}-{uuid.uuid4().hex[:8]}").resolve()
     (folder / "tmp").mkdir(parents=True)
     hidden = [str(path) for path in secret_files(notebook, settings)]
+    folders = folders_state(hidden, _project(notebook))  # before the worker's sandbox
     prepare = {
         "notebook": str(notebook),
         "cwd": str(notebook.parent),
@@ -249,4 +263,5 @@ def start_prepared(
         hidden_files=hidden,
         folder=folder,
         proc=proc,
+        folders=folders,
     )

@@ -84,6 +84,27 @@ def _grants(hidden: set[Path]) -> list[Path]:
     return grants
 
 
+def folders_state(hidden: Iterable[str | os.PathLike[str]], within: Path) -> dict[str, int]:
+    """The modification time of each folder on the way to a hidden file, inside ``within``.
+
+    A file created in (or renamed into) such a folder after the sandbox was made cannot be
+    read by the sandboxed process (see the limits above). A worker sandboxed ahead of its
+    run (a warm start) compares this before and at the run: any change and the run starts
+    cold, so it sees the files a cold run would.
+    """
+    state: dict[str, int] = {}
+    within = Path(within)
+    for path in hidden:
+        for folder in Path(path).parents:
+            if folder != within and not folder.is_relative_to(within):
+                continue
+            try:
+                state[str(folder)] = os.stat(folder).st_mtime_ns
+            except OSError:
+                state[str(folder)] = -1
+    return state
+
+
 def hide_files(paths: Iterable[str | os.PathLike[str]]) -> str | None:
     """Make ``paths`` unreadable and unwritable for this process and its future children.
 

@@ -242,6 +242,8 @@ class WarmPool:
                 tried = (key[0], key[1], job_fingerprint(c.job))
                 if key in self._waiting or tried in self._tried:
                     continue
+                if (now - c.slot).total_seconds() > self.stale_after:
+                    continue  # long overdue (waiting for a worker): it starts cold
                 self._tried.add(tried)
                 starts.append(c)
         for worker in cancel:

@@ -330,10 +330,13 @@ class _Prepared:
         # what a cold kernel has in its environment from the start: this run's id, parts
         # folder and recipients (never a secret: the runner sends the mail itself)
         environment = {str(k): str(v) for k, v in spec.get("environment", {}).items()}
-        reply = self.kernel.run_silently(
-            f"__import__('os').environ.update({environment!r})",
-            timeout=spec.get("start_timeout", 60),
-        )
+        try:
+            reply = self.kernel.run_silently(
+                f"__import__('os').environ.update({environment!r})",
+                timeout=spec.get("start_timeout", 60),
+            )
+        except Exception as error:  # it died while waiting (OOM, a crash): start a new one
+            reply = {"status": f"no answer ({error})"}
         if reply.get("status") != "ok":
             print(f"notifier: the prepared kernel refused its run's settings: {reply}", flush=True)
             self.close()

@@ -163,12 +163,7 @@ class RunPath:
     def run_slot(self, job: Job, slot: datetime, *, trigger: str = "schedule") -> RunResult | None:
         """Claim and run ``(job, slot)``; None when another run already has the slot, or
         the job is paused (``notifier pause``: every node obeys)."""
-        prepared = None  # the worker prepared for this slot: used, or shut down at once
-        if trigger == "schedule" and self._prepared is not None:
-            prepared = self._prepared(job, slot)
         if self.paused(job, slot):
-            if prepared is not None:
-                prepared.discard()
             return None
         with self._claims:
             # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden;
@@ -187,9 +182,12 @@ class RunPath:
                 self.active.add(run.run_id)
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
-            if prepared is not None:
-                prepared.discard()
             return None
+        # taken only once the slot is ours: a paused job, a slot another node won or a
+        # ledger error leaves the prepared worker to the pool, which shuts it down
+        prepared = None
+        if trigger == "schedule" and self._prepared is not None:
+            prepared = self._prepared(job, slot)
         return self.execute_claimed(job, run, prepared=prepared)
 
     def resume(self, job: Job, run: Run, *, trigger: str = "retry") -> RunResult | None:

@@ -183,6 +183,34 @@ def test_the_kernel_of_a_prepared_worker_cannot_read_the_projects_env(tmp_path, 
     assert json.loads((execution.run_dir / "spec.json").read_text())["warm"] is True
 
 
+def test_a_file_replaced_next_to_the_env_after_preparing_makes_the_run_start_cold(
+    tmp_path, workers
+):
+    # the sandbox grants files next to .env one by one, as they were when it was made: a
+    # nightly export that replaces data.csv (atomic rename) after the worker was prepared
+    # would be unreadable warm, so the run starts cold and reads it as a cold run would
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env").write_text("SMTP_PASSWORD=hunter2-Sup3r-s3cret\n")
+    (project / "data.csv").write_text("old\n")
+    notebook = write_notebook(
+        project / "read.ipynb",
+        """
+        from notifier import report
+        report.email("data", to="a@example.com").text(open("data.csv").read().strip())
+        """,
+    )
+    settings = settings_in(project)
+    worker = prepare(settings, notebook, workers)
+    (project / "data.tmp").write_text("new\n")
+    os.replace(project / "data.tmp", project / "data.csv")
+    execution = execute(RunRequest(notebook), settings, prepared=worker)
+    assert execution.status == "succeeded", execution.error
+    assert execution.emails[0].html == "<p>new</p>"
+    assert json.loads((execution.run_dir / "spec.json").read_text())["warm"] is False
+    assert not worker.alive
+
+
 def test_the_wall_clock_timeout_kills_a_prepared_worker_and_its_kernel(tmp_path, workers):
     settings = settings_in(tmp_path)
     notebook = write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(120)")
@@ -307,6 +335,19 @@ def test_the_pool_prepares_at_most_limit_earliest_first_and_the_next_after_a_tak
         assert other.kernel_name == "python3"
         other.discard()
     wait_until(lambda: not leftover.alive, 30, "the unfit worker to stop")
+
+
+def test_a_long_overdue_slot_gets_no_prepared_worker(tmp_path, pool_for):
+    # a fired slot still waiting for a free worker past stale_after starts cold: preparing
+    # one would be cancelled as stale at the next look, and prepared again, endlessly
+    notebook = write_notebook(tmp_path / "nb.ipynb", "x = 1")
+    job = adhoc_job(notebook, name="late")
+    pool, slots = pool_for(limit=2)
+    slots.set(Coming(job, datetime.now(UTC) - timedelta(seconds=pool.stale_after + 100)))
+    for _ in range(6):
+        pool.wake()
+        threading.Event().wait(0.5)
+    assert pool.prepared_count == 0 and pool.waiting() == []
 
 
 def test_a_slot_with_no_prepared_worker_gets_one_forked_at_once(tmp_path, pool_for):
