@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             f"The parameter(s) {', '.join(repeated)} are given more than once.",
             "pass each -p NAME VALUE once",
         )
+    _check_addresses(args)  # a typo is refused before the notebook runs (exit 2)
     target = Path(args.target)
     if target.suffix == ".ipynb" or target.is_file():
         job, settings = _notebook_job(args, target)
@@ -205,6 +206,19 @@ def _check_kernel(name: str) -> None:
         check(name)
     except ValueError as error:
         raise UsageError(f"--kernel: {error}", "see `jupyter kernelspec list`") from None
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    """MessageError (exit 2) for an address on the command line that no email could carry."""
+    from notifier.mail.model import parse_addresses
+
+    for option, values in (
+        ("to", args.to),
+        ("cc", args.cc),
+        ("bcc", args.bcc),
+        ("on-failure", args.on_failure),
+    ):
+        parse_addresses(values or None, role=f"--{option}")
 
 
 def _notebook_job(args: argparse.Namespace, target: Path) -> tuple:

@@ -95,11 +95,16 @@ def run(args: argparse.Namespace) -> int:
         if args.what in ("output", "log", "failure"):
             name = {"output": files.OUTPUT, "log": files.LOG, "failure": files.FAILURE}
             data = ledger.run_file(run.run_id, name[args.what])
+            if data is None and args.what == "failure" and run.error:
+                # it failed outside the notebook's cells (an email that could not be built,
+                # a missing notebook): the error is all there is
+                data = f"{run.error}\n".encode()
             if data is None:
                 where = f" (the run folder on {run.owner.rsplit(':', 2)[0]}: {run.output_path})"
                 raise UsageError(
                     f"Run {run.run_id} has no {args.what} in the ledger.",
-                    "it did not produce one, or it ran before notifier 0.2"
+                    "it did not produce one (a run that did not fail has no failure), or it "
+                    "ran before notifier 0.2"
                     + (where if run.output_path else ""),
                 )
             _emit(data, args.output)

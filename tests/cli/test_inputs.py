@@ -206,3 +206,39 @@ def test_the_installed_command_refuses_them_too(project: Path) -> None:
         )
         assert result.returncode == 2, (args, result.stderr)
         assert named in one_error(result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("target", ["report", "report.ipynb"])
+@pytest.mark.parametrize("flag", ["--to", "--cc", "--bcc", "--on-failure"])
+def test_a_bad_address_on_the_command_line_is_refused_before_the_run(
+    project: Path, capsys: pytest.CaptureFixture[str], target: str, flag: str
+) -> None:
+    code, stderr = cli(capsys, "run", target, flag, "not-an-address", "--dry-run")
+    assert code == 2
+    assert "'not-an-address' is not a valid email address (" + flag + ")" in one_error(stderr)
+    ledger = Ledger(f"sqlite:///{project / 'notifier.db'}", create=False)
+    try:
+        assert ledger.history(limit=10) == []  # nothing ran, nothing recorded
+    finally:
+        ledger.close()
+    assert not (project / "runs").exists()
+
+
+def test_show_failure_of_a_run_that_failed_outside_its_cells_prints_its_error(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_notebook(
+        project / "bad.ipynb", "from notifier import report\nreport.email('x', to='a@@b')"
+    )
+    code, _ = cli(capsys, "run", "bad.ipynb", "--dry-run")
+    assert code == 1
+    ledger = Ledger(f"sqlite:///{project / 'notifier.db'}", create=False)
+    try:
+        (run,) = ledger.history(limit=10)
+    finally:
+        ledger.close()
+    assert run.status == "failed" and run.error
+    code = main(["show", run.run_id, "failure"])
+    shown = capsys.readouterr()
+    assert code == 0, shown.err
+    assert "'a@@b' is not a valid email address" in shown.out

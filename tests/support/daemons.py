@@ -144,6 +144,9 @@ class Project:
                 "NOTIFIER_OUTBOX": str(self.root / "outbox"),
                 "NOTIFIER_SHUTDOWN_GRACE": "30",
                 "NOTIFIER_TIMEZONE": "UTC",
+                # the dashboard on any free port: never the default 8765 a `make run`, or
+                # the other test process, may hold
+                "NOTIFIER_WEB_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
                 TAG_VARIABLE: self.tag,
             }
