@@ -25,7 +25,7 @@ from dataclasses import dataclass
 DURATION_FORM = "a duration like 90s, 10m, 1h30m, 2d, or a number of seconds"
 
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_NUMBER = r"(\d+(?:\.\d+)?)"
+_NUMBER = r"([0-9]+(?:\.[0-9]+)?)"  # ASCII digits only: "٣" is no number here
 _DURATION_RE = re.compile(
     rf"^(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?$",
 )
@@ -159,7 +159,7 @@ def _parse_count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = value.strip() if isinstance(value, str) else ""
-    if not re.fullmatch(r"\+?\d+", text):
+    if not re.fullmatch(r"\+?[0-9]+", text):
         raise ValueError(f"{value!r} is not {COUNT_FORM}")
     return int(text) if len(text) <= 30 else 10**30  # more than any limit, and cheap
 

@@ -501,7 +501,9 @@ def _smtp_fields(values: Mapping[str, str]) -> dict[str, object]:
 
     host = _get(values, "SMTP_HOST") or (provider.host if provider else None)
     raw_port = _get(values, "SMTP_PORT")
-    if raw_port is not None and not (raw_port.isdigit() and 0 < int(raw_port) < 65536):
+    if raw_port is not None and not (
+        raw_port.isascii() and raw_port.isdigit() and 0 < int(raw_port) < 65536
+    ):
         raise ConfigError(
             f"SMTP_PORT={raw_port!r} is not a port number.",
             "use 587 (STARTTLS) or 465 (implicit TLS); 25 is usually blocked by hosting providers",

@@ -353,3 +353,14 @@ def test_a_malformed_ledger_url_is_one_error_without_the_password(url: str) -> N
     assert "NOTIFIER_DB_URL" in caught.value.message
     assert "secret-password" not in str(caught.value)
     assert "postgresql+psycopg://" in (caught.value.fix or "")
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("SMTP_PORT", "²"), ("SMTP_PORT", "٥٨٧"), ("NOTIFIER_WORKERS", "٣"), ("SMTP_TIMEOUT", "٣")],
+)
+def test_digits_of_other_scripts_are_no_numbers(name: str, raw: str) -> None:
+    # str.isdigit() and \d accept them; int() takes some and refuses others: one error
+    values = {"SMTP_HOST": "smtp.example.com", name: raw}
+    with pytest.raises(ConfigError, match=name):
+        parse_settings(values)

@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"Run {run.run_id} has no {args.what} in the ledger.",
                     "it did not produce one (a run that did not fail has no failure), or it "
-                    "ran before notifier 0.2"
-                    + (where if run.output_path else ""),
+                    "ran before notifier 0.2" + (where if run.output_path else ""),
                 )
             _emit(data, args.output)
             return 0

@@ -114,6 +114,11 @@ def check_keys(mails: Sequence[Email]) -> None:
     """
     seen: dict[str, Email] = {}
     for mail in mails:
+        if mail.key is not None and not isinstance(mail.key, str):
+            raise MessageError(
+                f"The key of the email {mail.subject!r} is {mail.key!r}, not text.",
+                'write it as text, e.g. report.email(..., key=f"customer-{id}")',
+            )
         if not mail.key:
             continue
         first = seen.setdefault(mail.key, mail)

@@ -105,6 +105,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# PostgreSQL's duplicate_table, duplicate_object, unique_violation
+_ALREADY_EXISTS = {"42P07", "42710", "23505"}
+
+
+def _already_exists(exc: DBAPIError) -> bool:
+    """A "relation ... already exists" from a concurrent CREATE (any IntegrityError too)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return state in _ALREADY_EXISTS or "already exists" in str(exc.orig).lower()
+
+
 class Database:
     """An engine on ``url`` with the ledger's schema in place.
 
@@ -224,18 +236,22 @@ class Database:
                                 key="schema_version", value=str(SCHEMA_VERSION)
                             )
                         )
-                    elif int(stored) < SCHEMA_VERSION:
+                    else:
+                        # also at this version: a ledger made by a development build of
+                        # it may lack columns added to it since (cheap: an inspection)
                         migrate(conn, int(stored))
-                        conn.execute(
-                            meta_table.update().where(key).values(value=str(SCHEMA_VERSION))
-                        )
+                        if int(stored) < SCHEMA_VERSION:
+                            conn.execute(
+                                meta_table.update().where(key).values(value=str(SCHEMA_VERSION))
+                            )
                     stored = str(SCHEMA_VERSION)
                 break
-            except (IntegrityError, ProgrammingError):
+            except (IntegrityError, ProgrammingError) as exc:
                 # PostgreSQL: two nodes creating the tables at the same moment; the loser
                 # sees "already exists" and finds everything in place on the next pass.
-                if attempt == 2:
-                    raise
+                # Anything else (no right to create tables) is one clear error.
+                if attempt == 2 or not _already_exists(exc):
+                    raise self.wrap(exc) from None
         assert stored is not None
         if int(stored) > SCHEMA_VERSION:
             raise LedgerError(

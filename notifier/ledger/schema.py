@@ -272,9 +272,10 @@ def migrate(conn: Connection, stored: int) -> None:
     """Bring a schema-``stored`` database to :data:`SCHEMA_VERSION` (inside a transaction).
 
     New tables and indexes are created by ``metadata.create_all`` beforehand; this adds
-    the columns older tables lack.
+    the columns older tables lack, also to a ledger already at this version (one made
+    before a column was added to it during its development).
     """
-    if stored >= SCHEMA_VERSION:
+    if stored > SCHEMA_VERSION:
         return
     inspector = inspect(conn)
     existing = {

@@ -80,6 +80,10 @@ class ReportEmail:
         sender: str | None = None,
         key: str | None = None,
     ) -> None:
+        if key is not None and not isinstance(key, str):
+            raise TypeError(
+                f"key= must be text, not {type(key).__name__}: e.g. key=f'customer-{{id}}'"
+            )
         self.email_id = uuid.uuid4().hex
         self._sequence = next(_created)
         self.key = key

@@ -445,6 +445,22 @@ def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         assert statuses(ledger, run.run_id) == {"b@x.org": "queued"}
 
 
+def test_a_schema_2_ledger_made_before_a_column_was_added_gets_it(tmp_path: Path) -> None:
+    # a ledger made by an earlier build of schema 2 (before content_sha and claim_token),
+    # with a recipient still queued: it is upgraded on open and its mail goes out
+    path = tmp_path / "ledger.db"
+    with Ledger(f"sqlite:///{path}") as ledger:
+        run = running(ledger, T0)
+        ledger.queue.enqueue(run.run_id, 1, ledger.owner, [message("b@x.org")])
+    with sqlite3.connect(path) as raw:
+        raw.execute("ALTER TABLE messages DROP COLUMN content_sha")
+        raw.execute("ALTER TABLE recipients DROP COLUMN claim_token")
+    with Ledger(f"sqlite:///{path}") as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        assert statuses(ledger, run.run_id) == {"b@x.org": "queued"}
+        assert ledger.queue.claim_due(limit=10, claim="pass.0")  # no "no such column"
+
+
 def test_read_only_commands_never_create_a_ledger(tmp_path: Path) -> None:
     from notifier.ledger import NoLedgerYet
 

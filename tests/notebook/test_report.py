@@ -777,3 +777,8 @@ def test_send_test_refused_address_raises_one_error_with_the_fix(
         "  fix: check the recipient address",
     ]
     assert capsys.readouterr() == ("", "")  # said once, by the exception: no log line, no print
+
+
+def test_a_key_that_is_not_text_is_refused_where_it_is_written() -> None:
+    with pytest.raises(TypeError, match="key= must be text"):
+        report.email("Statement", to="a@example.com", key=5)
