@@ -824,3 +824,22 @@ def test_run_files_are_fenced_by_the_attempt(make_ledger: MakeLedger, db_url: st
     assert not stalled.save_run_file(run.run_id, "output.html", b"late", attempt=1)
     assert stalled.run_file(run.run_id, "worker.log") == b"attempt 2"
     assert stalled.run_file_names(run.run_id) == ["worker.log"]
+
+
+def test_a_postgresql_user_who_may_not_create_tables_gets_one_clear_error(
+    postgres_url: str,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    role = f"weak_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    run_sql(postgres_url, f"CREATE ROLE {role} LOGIN PASSWORD 'Weak-s3cret-pw'")
+    run_sql(postgres_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    weak = make_url(postgres_url).set(username=role, password="Weak-s3cret-pw")
+    try:
+        with pytest.raises(LedgerError) as caught:
+            Ledger(weak.render_as_string(hide_password=False))
+        text = f"{caught.value} {caught.value.fix}"
+        assert "permission denied" in text and "may write" in text
+        assert "Weak-s3cret-pw" not in text
+    finally:
+        run_sql(postgres_url, f"DROP ROLE {role}")
