@@ -514,7 +514,13 @@ class OutboundQueue:
             due = and_(
                 r.c.status.in_([s.value for s in WAITING]),
                 r.c.next_attempt_at <= now,
-                or_(r.c.claimed_until.is_(None), r.c.claimed_until < now),
+                or_(
+                    r.c.claimed_until.is_(None),
+                    r.c.claimed_until < now,
+                    # held under this very token: a retry after the first call committed
+                    # but its answer was lost returns what that call claimed
+                    and_(r.c.claimed_by == self.node_id, r.c.claim_token == claim),
+                ),
             )
             if run_id is not None:
                 due = and_(due, r.c.run_id == run_id)

@@ -227,6 +227,23 @@ def test_claims_are_exclusive_between_nodes(make_ledger: Callable[..., Ledger]) 
     assert len(everything) == 40 and len(set(everything)) == 40
 
 
+def test_a_claim_tried_again_with_its_token_gets_what_it_claimed(
+    make_ledger: Callable[..., Ledger],
+) -> None:
+    # a claim whose COMMIT answer was lost is tried again with the same token: it must get
+    # the rows the first try claimed (else they wait out the claim with nobody sending)
+    me, other = make_ledger(owner="me"), make_ledger(owner="other")
+    run = running(me)
+    me.queue.enqueue(run.run_id, 1, me.owner, [message("a@x.org"), message("b@x.org")])
+    (first,) = me.queue.claim_due(limit=1, claim="pass.0")
+    (again,) = me.queue.claim_due(limit=1, claim="pass.0")
+    assert again.message_pk == first.message_pk
+    assert [r.row_id for r in again.recipients] == [r.row_id for r in first.recipients]
+    # the token is this node's: another node using the same string gets only the rest
+    (rest,) = other.queue.claim_due(claim="pass.0")
+    assert rest.message_pk != first.message_pk
+
+
 def test_sending_mark_and_answers_only_for_the_claimant(
     make_ledger: Callable[..., Ledger],
 ) -> None:
