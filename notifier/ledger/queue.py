@@ -529,7 +529,8 @@ class OutboundQueue:
             if settled_for:
                 due = and_(due, r.c.updated_at <= now - timedelta(seconds=settled_for))
             picked = select(r.c.message_pk).where(due).group_by(r.c.message_pk)
-            picked = picked.order_by(func.min(r.c.next_attempt_at)).limit(limit)
+            # oldest first, then in the order they were queued (the order the notebook built them)
+            picked = picked.order_by(func.min(r.c.next_attempt_at), r.c.message_pk).limit(limit)
             pks = list(conn.execute(picked).scalars())
             if not pks:
                 return []

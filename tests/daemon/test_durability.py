@@ -155,13 +155,13 @@ def test_kill_9_after_the_first_recipient_then_a_restart_mails_nobody_twice(
     flag = project.root / "reverse"
     slot = slot_in(2)
     project.write_jobs(split_job(slot, parameters=f'{{reverse_flag: "{flag}"}}'))
-    first = project.start()
+    # one connection: r0 delivered, r1 stalled before its DATA, r2 waiting behind it (with
+    # parallel connections r2 could be past its 354 at the kill: "outcome unknown", rightly)
+    first = project.start(SMTP_CONNECTIONS="1")
     try:
         wait_until(server.stalled.is_set, 60, "the RCPT for r1")
         wait_until(lambda: "r0@example.com" in received_per_recipient(project), 30, "r0")
-        seen = received_per_recipient(project)
-        # parallel connections (SMTP_CONNECTIONS) may have delivered r2 too: r1 is in flight
-        assert "r1@example.com" not in seen and set(seen.values()) == {1}
+        assert received_per_recipient(project) == {"r0@example.com": 1}
         sigkill(first)
         flag.write_text("build the emails in reverse order from now on")
         second = project.start()
