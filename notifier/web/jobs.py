@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -273,10 +274,31 @@ async def run_now(request: Request) -> Response:
     return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
 
+async def pause_or_resume(request: Request) -> Response:
+    """``POST /jobs/{name}/pause`` and ``/resume``: as ``notifier pause`` / ``resume`` do,
+    in the ledger, so every node obeys; back to the jobs page."""
+    form = await checked_form(request)
+    job = _job_or_404(request)
+    dashboard: Dashboard = request.app.state.dashboard
+    ledger = await run_in_threadpool(dashboard.ledger, create=True)
+    assert ledger is not None
+    if request.url.path.endswith("/pause"):
+        reason = str(form.get("reason") or "paused from the dashboard")[:200]
+        who = f"dashboard@{socket.gethostname()}"
+        await run_in_threadpool(ledger.pause, job.name, reason=reason, by=who)
+        log.info("%s: paused from the dashboard", job.name)
+    else:
+        await run_in_threadpool(ledger.resume, job.name)
+        log.info("%s: resumed from the dashboard", job.name)
+    return RedirectResponse(f"/#job-{job.name}", status_code=303)
+
+
 def routes() -> list[Route]:
     """The jobs page and Run now."""
     return [
         Route("/", jobs_page),
         Route("/jobs/{name:path}/run", run_form, methods=["GET"]),
         Route("/jobs/{name:path}/run", run_now, methods=["POST"]),
+        Route("/jobs/{name:path}/pause", pause_or_resume, methods=["POST"]),
+        Route("/jobs/{name:path}/resume", pause_or_resume, methods=["POST"]),
     ]

@@ -594,3 +594,28 @@ def test_notifier_web_prints_only_a_generated_token(
         proc.terminate()
         proc.wait(30)
     assert TOKEN not in log.read_text()
+
+
+def test_pause_and_resume_buttons_hold_a_job_in_the_ledger(
+    project: Project, serve: ServeFactory
+) -> None:
+    web = serve(project)
+    page = web.client.get("/").text
+    assert 'action="/jobs/report/pause"' in page
+    refused = web.client.post("/jobs/report/pause", data={"csrf": "forged"})
+    assert refused.status_code == 403
+    done = web.client.post("/jobs/report/pause", data={"csrf": web.csrf()})
+    assert done.status_code == 303
+    ledger = project.ledger()
+    try:
+        assert set(ledger.paused()) == {"report"}  # every node reads it there
+        assert ledger.paused()["report"]["paused_by"].startswith("dashboard@")
+        page = web.client.get("/").text
+        assert 'action="/jobs/report/resume"' in page and "s-paused" in page
+        assert notifier(project, "list").stdout.count("paused") >= 1  # as the CLI shows it
+        done = web.client.post("/jobs/report/resume", data={"csrf": web.csrf()})
+        assert done.status_code == 303
+        assert ledger.paused() == {}
+    finally:
+        ledger.close()
+    assert web.client.post("/jobs/nope/pause", data={"csrf": web.csrf()}).status_code == 404
