@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from notifier.ledger.queue import QueueRow
 from notifier.ledger.schema import deliveries_table, run_files_table, runs_table
-from notifier.ledger.statuses import ACTIVE_RUN, WAITING, RecipientStatus, RunStatus
-from notifier.ledger.store import Ledger, Run, run_from_row
+from notifier.ledger.statuses import ACTIVE_RUN, WAITING, RecipientStatus
+from notifier.ledger.store import Ledger, Run, filter_runs, run_from_row
 from notifier.settings import redact
 
 ZoneOf = Callable[[str], tzinfo | None]
@@ -190,15 +190,9 @@ def count_history(
     ledger: Ledger, job: str | None = None, *, failed: bool = False, status: str | None = None
 ) -> int:
     """How many runs :func:`history_rows` has to page through with the same filters."""
-    query = select(func.count()).select_from(runs_table)
-    if job is not None:
-        query = query.where(runs_table.c.job == job)
-    if failed:
-        query = query.where(
-            runs_table.c.status.in_((RunStatus.FAILED.value, RunStatus.INTERRUPTED.value))
-        )
-    if status is not None:
-        query = query.where(runs_table.c.status == status)
+    query = filter_runs(
+        select(func.count()).select_from(runs_table), job=job, failed=failed, status=status
+    )
     with ledger.db.tx(write=False) as conn:
         return int(conn.execute(query).scalar_one())
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -138,6 +138,20 @@ def run_from_row(row: Row[Any]) -> Run:
         parameters=json.loads(row.parameters) if row.parameters else None,
         failure_recipients=tuple(json.loads(failure)) if failure is not None else None,
     )
+
+
+def filter_runs(query: Select, *, job: str | None, failed: bool, status: str | None) -> Select:
+    """``query`` on runs narrowed as history filters them (``failed``: failed and
+    interrupted); one definition for :meth:`Ledger.history` and its count."""
+    if job is not None:
+        query = query.where(runs_table.c.job == job)
+    if failed:
+        query = query.where(
+            runs_table.c.status.in_((RunStatus.FAILED.value, RunStatus.INTERRUPTED.value))
+        )
+    if status is not None:
+        query = query.where(runs_table.c.status == status)
+    return query
 
 
 class Ledger:
@@ -686,15 +700,7 @@ class Ledger:
         offset: int = 0,
     ) -> list[Run]:
         """Runs newest slot first; ``failed`` keeps only ``failed`` and ``interrupted``."""
-        query = select(runs_table)
-        if job is not None:
-            query = query.where(runs_table.c.job == job)
-        if failed:
-            query = query.where(
-                runs_table.c.status.in_((RunStatus.FAILED.value, RunStatus.INTERRUPTED.value))
-            )
-        if status is not None:
-            query = query.where(runs_table.c.status == status)
+        query = filter_runs(select(runs_table), job=job, failed=failed, status=status)
         return self._runs(query, limit, offset)
 
     def count_runs(self, job: str | None = None) -> int:

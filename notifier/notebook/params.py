@@ -28,57 +28,59 @@ def load_notebook_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _parameters_source(notebook: dict[str, Any]) -> str | None:
+    """The source of the first code cell tagged ``parameters`` (None: there is none)."""
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") != "code":
+            continue
+        if "parameters" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = cell.get("source", "")
+        return "".join(source) if isinstance(source, list) else source
+    return None
+
+
 def declared_parameters(notebook: dict[str, Any]) -> list[str] | None:
     """Names assigned in the cell tagged ``parameters``; None when there is no such cell."""
     # ast, not papermill.inspect_notebook: its line-by-line parser misses `a = b = 1` and
     # `x, y = 1, 2`, counts names assigned inside functions and accepts a broken cell
-    for cell in notebook["cells"]:
-        if cell.get("cell_type") != "code":
-            continue
-        if "parameters" not in cell.get("metadata", {}).get("tags", []):
-            continue
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else source
-        try:
-            tree = ast.parse(source)
-        except SyntaxError as error:
-            raise RunError(
-                f"The parameters cell does not parse: {error.msg} (line {error.lineno}).",
-                "fix the parameters cell",
-            ) from None
-        names: list[str] = []
-        for node in tree.body:
-            targets = (
-                node.targets
-                if isinstance(node, ast.Assign)
-                else ([node.target] if isinstance(node, ast.AnnAssign) else [])
-            )
-            names += [t.id for t in targets if isinstance(t, ast.Name)]
-        return names
-    return None
+    source = _parameters_source(notebook)
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise RunError(
+            f"The parameters cell does not parse: {error.msg} (line {error.lineno}).",
+            "fix the parameters cell",
+        ) from None
+    names: list[str] = []
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else ([node.target] if isinstance(node, ast.AnnAssign) else [])
+        )
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
 
 
 def parameter_defaults(notebook: dict[str, Any]) -> dict[str, str]:
     """Each declared parameter's default as written in the parameters cell (source text)."""
-    for cell in notebook["cells"]:
-        if cell.get("cell_type") != "code":
-            continue
-        if "parameters" not in cell.get("metadata", {}).get("tags", []):
-            continue
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else source
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            return {}
-        found: dict[str, str] = {}
-        for node in tree.body:
-            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                text = ast.get_source_segment(source, node.value) or ""
-                found.update({t.id: text for t in targets if isinstance(t, ast.Name)})
-        return found
-    return {}
+    source = _parameters_source(notebook)
+    if source is None:
+        return {}
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            text = ast.get_source_segment(source, node.value) or ""
+            found.update({t.id: text for t in targets if isinstance(t, ast.Name)})
+    return found
 
 
 def check_parameters(notebook_path: Path, given: dict[str, Any]) -> None:

@@ -165,21 +165,10 @@ class RunPath:
         the job is paused (``notifier pause``: every node obeys)."""
         if self.paused(job, slot):
             return None
-        with self._claims:
-            # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden;
-            # the execution refuses it, so the slot ends failed with the cause, and its
-            # failure email says so
-            run = self.ledger.claim(
-                job.name,
-                slot,
-                trigger=trigger,
-                recipients=job.to,
-                notebook=str(job.notebook),
-                parameters=self._stored_parameters(job),
-                failure_recipients=job.failure_recipients,
-            )
-            if run is not None:
-                self.active.add(run.run_id)
+        # a parameter holding a secret (jobs.yaml's ${SMTP_PASSWORD}) is stored hidden; the
+        # execution refuses it, so the slot ends failed with the cause, and its failure
+        # email says so
+        run = self._claim(job, slot, trigger)
         if run is None:
             log.info("%s: slot %s is already taken; not running it twice", job.name, slot)
             return None
@@ -218,11 +207,19 @@ class RunPath:
         (RunError) before anything is claimed: the ledger keeps a run's parameters.
         """
         refuse_secret_parameters(job.parameters, self.settings.secrets())
+        run = self._claim(job, datetime.now(timezone.utc), "manual")
+        if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
+            raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
+        return run
+
+    def _claim(self, job: Job, slot: datetime, trigger: str) -> Run | None:
+        """``ledger.claim`` of ``(job, slot)``; a won claim joins :attr:`active` under the
+        same lock, so release_orphans() never mistakes it for an orphan."""
         with self._claims:
             run = self.ledger.claim(
                 job.name,
-                datetime.now(timezone.utc),
-                trigger="manual",
+                slot,
+                trigger=trigger,
                 recipients=job.to,
                 notebook=str(job.notebook),
                 parameters=self._stored_parameters(job),
@@ -230,8 +227,6 @@ class RunPath:
             )
             if run is not None:
                 self.active.add(run.run_id)
-        if run is None:  # pragma: no cover - the manual lane moves a clashing slot by 1 µs
-            raise NotifierError(f"Could not claim a manual run of {job.name}.", "try again")
         return run
 
     def _stored_parameters(self, job: Job) -> dict[str, Any]:
